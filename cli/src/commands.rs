@@ -1,0 +1,493 @@
+//! The client commands.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
+use mediamesh_proto::v1::job_service_client::JobServiceClient;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tonic::transport::Channel;
+
+use crate::output::{job_json, job_line, media_json, state_name};
+use crate::{Command, Output};
+
+const CHUNK: usize = 512 * 1024;
+
+/// The stable code of a failed call, for JSON output.
+pub fn error_code(err: &anyhow::Error) -> &'static str {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<tonic::Status>())
+        .map_or("INTERNAL", |s| mediamesh_core::ErrorCode::from_status(s).as_str())
+}
+
+struct Clients {
+    ingest: IngestServiceClient<Channel>,
+    jobs: JobServiceClient<Channel>,
+}
+
+async fn connect(addr: &str) -> Result<Clients> {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .with_context(|| format!("invalid address {addr:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the mesh at {addr} (is `meshctl dev` running? set MM_ADDR)"))?;
+    Ok(Clients {
+        ingest: IngestServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024),
+        jobs: JobServiceClient::new(channel),
+    })
+}
+
+fn print(output: Output, value: &Value, text: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Output::Text => println!("{}", text()),
+    }
+}
+
+pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCode> {
+    let mut c = connect(addr).await?;
+    match command {
+        Command::Dev(_) | Command::Health { .. } => bail!("not a client command"),
+        Command::Upload { files, watch } => return upload(&mut c, output, &files, watch).await,
+        Command::Submit {
+            kind,
+            media,
+            payload,
+            priority,
+            idempotency_key,
+            watch,
+        } => {
+            let spec = pb::JobSpec {
+                kind,
+                media_id: media,
+                payload_json: payload,
+                priority,
+                idempotency_key,
+                ..Default::default()
+            };
+            let response = c
+                .ingest
+                .submit_job(pb::SubmitJobRequest { job: Some(spec) })
+                .await?
+                .into_inner();
+            let job = response.job.ok_or_else(|| anyhow!("no job in the response"))?;
+            let job = if watch {
+                follow(&mut c.jobs, output, std::slice::from_ref(&job)).await?.remove(0)
+            } else {
+                job
+            };
+            print(
+                output,
+                &json!({ "job": job_json(&job), "existing": response.existing }),
+                || job_line(&job),
+            );
+            return Ok(exit_for(&[job]));
+        }
+        Command::Get { job_id } => {
+            let job = c
+                .jobs
+                .get_job(pb::GetJobRequest { job_id })
+                .await?
+                .into_inner()
+                .job
+                .ok_or_else(|| anyhow!("no job"))?;
+            print(output, &json!({ "job": job_json(&job) }), || job_detail(&job));
+        }
+        Command::List {
+            media,
+            state,
+            kind,
+            limit,
+        } => {
+            let state = match state {
+                Some(s) => pb::JobState::from_str_name(&format!("JOB_STATE_{}", s.to_uppercase()))
+                    .ok_or_else(|| anyhow!("unknown state {s:?}"))? as i32,
+                None => 0,
+            };
+            let response = c
+                .jobs
+                .list_jobs(pb::ListJobsRequest {
+                    media_id: media,
+                    state,
+                    kind,
+                    page_size: limit,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner();
+            let jobs: Vec<Value> = response.jobs.iter().map(job_json).collect();
+            print(
+                output,
+                &json!({ "jobs": jobs, "next_page_token": response.next_page_token }),
+                || response.jobs.iter().map(job_line).collect::<Vec<_>>().join("\n"),
+            );
+        }
+        Command::Watch { job_id } => {
+            let job = c
+                .jobs
+                .get_job(pb::GetJobRequest { job_id })
+                .await?
+                .into_inner()
+                .job
+                .ok_or_else(|| anyhow!("no job"))?;
+            let job = follow(&mut c.jobs, output, &[job]).await?.remove(0);
+            print(output, &json!({ "job": job_json(&job) }), || job_line(&job));
+            return Ok(exit_for(&[job]));
+        }
+        Command::Cancel { job_id } => {
+            let job = c
+                .jobs
+                .cancel_job(pb::CancelJobRequest { job_id })
+                .await?
+                .into_inner()
+                .job
+                .ok_or_else(|| anyhow!("no job"))?;
+            print(output, &json!({ "job": job_json(&job) }), || job_line(&job));
+        }
+        Command::Retry { job_id } => {
+            let job = c
+                .jobs
+                .retry_job(pb::RetryJobRequest { job_id })
+                .await?
+                .into_inner()
+                .job
+                .ok_or_else(|| anyhow!("no job"))?;
+            print(output, &json!({ "job": job_json(&job) }), || job_line(&job));
+        }
+        Command::Stats => {
+            let stats = c
+                .jobs
+                .get_queue_stats(pb::GetQueueStatsRequest {})
+                .await?
+                .into_inner()
+                .stats;
+            let value = json!({ "stats": stats.iter().map(|s| json!({
+                "queue": s.queue, "kind": s.kind, "queued": s.queued, "scheduled": s.scheduled,
+                "running": s.running, "succeeded": s.succeeded, "failed": s.failed, "cancelled": s.cancelled,
+            })).collect::<Vec<_>>() });
+            print(output, &value, || {
+                let mut lines = vec![format!(
+                    "{:<10} {:<18} {:>7} {:>9} {:>7} {:>9} {:>6} {:>9}",
+                    "QUEUE", "KIND", "QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+                )];
+                for s in &stats {
+                    lines.push(format!(
+                        "{:<10} {:<18} {:>7} {:>9} {:>7} {:>9} {:>6} {:>9}",
+                        s.queue, s.kind, s.queued, s.scheduled, s.running, s.succeeded, s.failed, s.cancelled
+                    ));
+                }
+                lines.join("\n")
+            });
+        }
+        Command::Media { media_id } => {
+            let response = c.ingest.get_media(pb::GetMediaRequest { media_id }).await?.into_inner();
+            let media = response.media.ok_or_else(|| anyhow!("no media"))?;
+            let value =
+                json!({ "media": media_json(&media), "jobs": response.jobs.iter().map(job_json).collect::<Vec<_>>() });
+            print(output, &value, || {
+                let mut lines = vec![format!(
+                    "{}  {}  {}  {}x{}  {} bytes",
+                    media.id, media.filename, media.content_type, media.width, media.height, media.bytes
+                )];
+                lines.extend(media.derivatives.iter().map(|d| {
+                    format!(
+                        "  {:<8} {}x{} {} bytes  {}",
+                        d.name, d.width, d.height, d.bytes, d.blob_key
+                    )
+                }));
+                lines.extend(response.jobs.iter().map(|j| format!("  {}", job_line(j))));
+                lines.join("\n")
+            });
+        }
+        Command::Download { media_id, name, out } => {
+            let mut stream = c
+                .ingest
+                .download_media(pb::DownloadMediaRequest {
+                    media_id: media_id.clone(),
+                    name: name.clone(),
+                })
+                .await?
+                .into_inner();
+            let mut header = None;
+            let mut data = Vec::new();
+            while let Some(part) = stream.message().await? {
+                match part.part {
+                    Some(pb::download_media_response::Part::Header(h)) => header = Some(h),
+                    Some(pb::download_media_response::Part::Chunk(chunk)) => data.extend_from_slice(&chunk),
+                    None => {}
+                }
+            }
+            let header = header.ok_or_else(|| anyhow!("download had no header"))?;
+            let ext = header
+                .content_type
+                .rsplit('/')
+                .next()
+                .unwrap_or("bin")
+                .replace("jpeg", "jpg");
+            let path = out.unwrap_or_else(|| PathBuf::from(format!("{media_id}-{name}.{ext}")));
+            tokio::fs::write(&path, &data)
+                .await
+                .with_context(|| format!("writing {}", path.display()))?;
+            print(
+                output,
+                &json!({ "path": path.display().to_string(), "name": header.name, "content_type": header.content_type, "bytes": data.len() }),
+                || format!("{} ({} bytes, {})", path.display(), data.len(), header.content_type),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks ingest's health service until it says SERVING or `wait` seconds pass.
+pub async fn health(addr: &str, output: Output, wait: u64) -> Result<ExitCode> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .with_context(|| format!("invalid address {addr:?}"))?
+        .connect_timeout(Duration::from_secs(2));
+    loop {
+        let status = match endpoint.connect().await {
+            Ok(channel) => tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await
+                .map(|r| r.into_inner().status)
+                .map_err(|s| anyhow!("{}", s.message())),
+            Err(err) => Err(anyhow!("cannot reach {addr}: {err}")),
+        };
+        let serving =
+            matches!(status, Ok(s) if s == tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        if serving || std::time::Instant::now() >= deadline {
+            let text = match &status {
+                Ok(s) => tonic_health::pb::health_check_response::ServingStatus::try_from(*s)
+                    .map_or("UNKNOWN", |s| s.as_str_name())
+                    .to_owned(),
+                Err(err) => format!("{err:#}"),
+            };
+            print(
+                output,
+                &json!({ "addr": addr, "serving": serving, "status": text }),
+                || format!("{addr}: {text}"),
+            );
+            return Ok(if serving { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn exit_for(jobs: &[pb::Job]) -> ExitCode {
+    if jobs.iter().all(|j| j.state == pb::JobState::Succeeded as i32) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn job_detail(job: &pb::Job) -> String {
+    let mut lines = vec![job_line(job)];
+    lines.push(format!(
+        "  media {}  priority {}  attempt {}/{}",
+        if job.media_id.is_empty() { "-" } else { &job.media_id },
+        job.priority,
+        job.attempt,
+        job.max_attempts
+    ));
+    for a in &job.attempts {
+        let err = a.error.as_ref().map(|e| format!(" {}", e.message)).unwrap_or_default();
+        lines.push(format!(
+            "  attempt {} on {}: {}{}",
+            a.attempt,
+            a.worker_id,
+            state_name(a.outcome),
+            err
+        ));
+    }
+    lines.join("\n")
+}
+
+async fn upload(c: &mut Clients, output: Output, files: &[PathBuf], watch: bool) -> Result<ExitCode> {
+    let mut results = Vec::new();
+    let mut all_jobs = Vec::new();
+    let mut failed = false;
+    for file in files {
+        match upload_one(&mut c.ingest, file).await {
+            Ok(response) => {
+                let media = response.media.clone().unwrap_or_default();
+                if output == Output::Text {
+                    println!(
+                        "{}  {}  {} {}x{} {} bytes{}",
+                        file.display(),
+                        media.id,
+                        media.content_type,
+                        media.width,
+                        media.height,
+                        media.bytes,
+                        if response.deduplicated {
+                            "  (same bytes as before)"
+                        } else {
+                            ""
+                        }
+                    );
+                    for job in &response.jobs {
+                        println!("  {}", job_line(job));
+                    }
+                }
+                all_jobs.extend(response.jobs.iter().cloned());
+                results.push((file.clone(), Ok(response)));
+            }
+            Err(err) => {
+                failed = true;
+                if output == Output::Text {
+                    eprintln!("{}: {err:#}", file.display());
+                }
+                results.push((file.clone(), Err(err)));
+            }
+        }
+    }
+    let finished: HashMap<String, pb::Job> = if watch && !all_jobs.is_empty() {
+        follow(&mut c.jobs, output, &all_jobs)
+            .await?
+            .into_iter()
+            .map(|j| (j.id.clone(), j))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    if watch && output == Output::Text {
+        for (file, result) in &results {
+            if let Ok(response) = result {
+                println!("{}", file.display());
+                for job in &response.jobs {
+                    let job = finished.get(&job.id).unwrap_or(job);
+                    println!("  {}", job_line(job));
+                }
+            }
+        }
+    }
+    if output == Output::Json {
+        let uploads: Vec<Value> = results
+            .iter()
+            .map(|(file, result)| match result {
+                Ok(r) => json!({
+                    "file": file.display().to_string(),
+                    "media": r.media.as_ref().map(media_json),
+                    "deduplicated": r.deduplicated,
+                    "jobs": r.jobs.iter().map(|j| job_json(finished.get(&j.id).unwrap_or(j))).collect::<Vec<_>>(),
+                }),
+                Err(err) => json!({
+                    "file": file.display().to_string(),
+                    "error": { "code": error_code(err), "message": format!("{err:#}") },
+                }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "uploads": uploads }))?);
+    }
+    let jobs_ok = finished.values().all(|j| j.state == pb::JobState::Succeeded as i32);
+    Ok(if failed || !jobs_ok {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn upload_one(ingest: &mut IngestServiceClient<Channel>, path: &Path) -> Result<pb::UploadMediaResponse> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let filename = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let header = pb::UploadMediaRequest {
+        part: Some(pb::upload_media_request::Part::Header(pb::UploadHeader {
+            filename,
+            content_type: String::new(),
+        })),
+    };
+    tx.send(header).await.map_err(|_| anyhow!("upload stream closed"))?;
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            let part = pb::UploadMediaRequest {
+                part: Some(pb::upload_media_request::Part::Chunk(buf[..n].to_vec())),
+            };
+            if tx.send(part).await.is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let response = ingest
+        .upload_media(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    reader.await??;
+    Ok(response?.into_inner())
+}
+
+/// Watches the jobs until each has ended; returns them as they ended, in the same order.
+async fn follow(jobs_client: &mut JobServiceClient<Channel>, output: Output, jobs: &[pb::Job]) -> Result<Vec<pb::Job>> {
+    let tty = output == Output::Text && std::io::stderr().is_terminal();
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:.bold} {bar:30} {percent:>3}% {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let mut tasks = Vec::new();
+    for job in jobs {
+        let bar = if tty {
+            let bar = bars.add(ProgressBar::new(100));
+            bar.set_style(style.clone());
+            bar.set_prefix(format!("{} {}", &job.id[..8.min(job.id.len())], job.kind));
+            Some(bar)
+        } else {
+            None
+        };
+        let mut client = jobs_client.clone();
+        let job = job.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = client
+                .watch_job(pb::WatchJobRequest {
+                    job_id: job.id.clone(),
+                    after_seq: 0,
+                })
+                .await?
+                .into_inner();
+            let mut last = job.clone();
+            while let Some(update) = stream.next().await {
+                let update = update?;
+                if let Some(j) = update.job {
+                    last = j;
+                }
+                let state = state_name(update.state);
+                if let Some(bar) = &bar {
+                    bar.set_position((update.progress * 100.0) as u64);
+                    bar.set_message(if update.message.is_empty() {
+                        state.to_owned()
+                    } else {
+                        format!("{state} {}", update.message)
+                    });
+                } else if output == Output::Text && update.seq > 0 {
+                    println!("  {}  {:<18} {}", job.id, job.kind, state);
+                }
+            }
+            if let Some(bar) = &bar {
+                bar.finish_with_message(state_name(last.state).to_owned());
+            }
+            Ok::<pb::Job, tonic::Status>(last)
+        }));
+    }
+    let mut finished = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        finished.push(task.await.map_err(|e| anyhow!("watch task failed: {e}"))??);
+    }
+    Ok(finished)
+}

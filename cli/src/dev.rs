@@ -1,0 +1,178 @@
+//! `meshctl dev`: the whole mesh in one process. Without `--nats-url` / `--database-url` it
+//! starts a nats-server and a PostgreSQL of its own under the data folder, and stops them on
+//! exit.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use mediamesh_localsvc::{NatsOptions, NatsServer, PgOptions, Postgres};
+
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Where the local servers keep their data and the blob store lives
+    #[arg(long, env = "MM_DATA_DIR", default_value = ".mediamesh")]
+    pub data_dir: PathBuf,
+    /// Use this NATS instead of starting one
+    #[arg(long, env = "MM_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Use this PostgreSQL instead of starting one
+    #[arg(long, env = "MM_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Blob store (default: file://<data dir>/blobs)
+    #[arg(long, env = "MM_BLOB_URL")]
+    pub blob_url: Option<String>,
+    /// nats-server binary to start (default: <data dir>/venv/bin/nats-server, then PATH)
+    #[arg(long, env = "MM_NATS_SERVER")]
+    pub nats_server: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub ingest_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub scheduler_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:50053")]
+    pub media_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:50054")]
+    pub inference_addr: SocketAddr,
+    #[command(flatten)]
+    pub common: mediamesh_server::CommonArgs,
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()?.join(path)
+    })
+}
+
+pub async fn run(args: DevArgs) -> Result<ExitCode> {
+    let _guard = mediamesh_telemetry::init(&args.common.telemetry("meshctl-dev"))?;
+    let data = absolute(&args.data_dir)?;
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+
+    let mut nats = None;
+    let nats_url = match &args.nats_url {
+        Some(url) => url.clone(),
+        None => {
+            let venv = data.join("venv/bin/nats-server");
+            let bin = args.nats_server.clone().or_else(|| venv.exists().then_some(venv));
+            let server = NatsServer::start(NatsOptions {
+                bin,
+                dir: data.join("nats"),
+                port: None,
+            })
+            .await
+            .context("starting nats-server")?;
+            tracing::info!(url = %server.url(), "started nats-server");
+            let url = server.url();
+            nats = Some(server);
+            url
+        }
+    };
+    let mut postgres = None;
+    let database_url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => {
+            let server = Postgres::start(PgOptions {
+                bin_dir: None,
+                dir: data.join("postgres"),
+                port: None,
+                fsync: true,
+            })
+            .await
+            .context("starting PostgreSQL")?;
+            mediamesh_store::ensure_database(&server.url("postgres"), "mediamesh").await?;
+            tracing::info!(url = %server.url("mediamesh"), "started PostgreSQL");
+            let url = server.url("mediamesh");
+            postgres = Some(server);
+            url
+        }
+    };
+    let blob_url = args
+        .blob_url
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", data.join("blobs").display()));
+
+    let shutdown = mediamesh_server::shutdown_on_signals();
+    let ingest = mediamesh_ingest::IngestConfig::new(
+        args.ingest_addr,
+        database_url.clone(),
+        blob_url.clone(),
+        format!("http://{}", args.scheduler_addr),
+    );
+    let scheduler =
+        mediamesh_scheduler::SchedulerConfig::new(args.scheduler_addr, database_url.clone(), nats_url.clone());
+    let media = mediamesh_media::MediaConfig::new(args.media_addr, nats_url.clone(), blob_url.clone());
+    let inference =
+        mediamesh_inference::InferenceConfig::new(args.inference_addr, database_url.clone(), nats_url.clone());
+    println!(
+        "mediamesh dev: ingest {} (MM_ADDR=http://{}), scheduler {}, media {}, inference {}\n  nats {}  postgres {}  blobs {}\n  Ctrl-C to stop",
+        args.ingest_addr,
+        args.ingest_addr,
+        args.scheduler_addr,
+        args.media_addr,
+        args.inference_addr,
+        nats_url,
+        database_url,
+        blob_url
+    );
+    let result = {
+        let fail = shutdown.clone();
+        let watch = |name: &'static str, r: Result<(), String>| {
+            if let Err(err) = &r {
+                tracing::error!(service = name, error = %err, "service failed; stopping the mesh");
+                fail.cancel();
+            }
+            r.map_err(|e| anyhow::anyhow!("{name}: {e}"))
+        };
+        let (a, b, c, d) = tokio::join!(
+            async {
+                watch(
+                    "ingest",
+                    mediamesh_ingest::serve(ingest, shutdown.clone())
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            },
+            async {
+                watch(
+                    "scheduler",
+                    mediamesh_scheduler::serve(scheduler, shutdown.clone())
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            },
+            async {
+                watch(
+                    "media",
+                    mediamesh_media::serve(media, shutdown.clone())
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            },
+            async {
+                watch(
+                    "inference",
+                    mediamesh_inference::serve(inference, shutdown.clone())
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            },
+        );
+        a.and(b).and(c).and(d)
+    };
+    if let Some(mut server) = postgres
+        && let Err(err) = server.stop().await
+    {
+        tracing::warn!(error = %err, "stopping PostgreSQL");
+    }
+    if let Some(mut server) = nats
+        && let Err(err) = server.stop().await
+    {
+        tracing::warn!(error = %err, "stopping nats-server");
+    }
+    result?;
+    tracing::info!("mesh stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,252 @@
+//! NATS JetStream plumbing: the JOBS and EVENTS streams, their durable consumers, the message
+//! formats workers and the scheduler exchange, and the core subjects for live updates and
+//! cancellation.
+//!
+//! | subject | carried by | what |
+//! | --- | --- | --- |
+//! | `mm.jobs.<queue>` | stream `MM_JOBS` (work queue) | a job attempt to run, `Nats-Msg-Id` = `<job id>:<attempt>` |
+//! | `mm.events.<job id>` | stream `MM_EVENTS` (work queue) | started / succeeded / failed reports from workers |
+//! | `mm.updates.<job id>` | core NATS | state changes and progress for `WatchJob` |
+//! | `mm.cancel.<job id>` | core NATS | stop a running job |
+
+mod messages;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+pub use messages::{JobMessage, Update, WorkerEvent};
+use serde::Serialize;
+use uuid::Uuid;
+
+pub use async_nats;
+
+pub const JOBS_STREAM: &str = "MM_JOBS";
+pub const EVENTS_STREAM: &str = "MM_EVENTS";
+pub const EVENTS_CONSUMER: &str = "scheduler-events";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("nats connect: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    #[error("nats publish: {0}")]
+    Publish(String),
+    #[error("jetstream: {0}")]
+    JetStream(String),
+    #[error("message: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+impl From<Error> for mediamesh_core::Error {
+    fn from(err: Error) -> Self {
+        tracing::error!(error = %err, "bus error");
+        mediamesh_core::Error::unavailable("message bus unavailable")
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn js_err(err: impl std::fmt::Display) -> Error {
+    Error::JetStream(err.to_string())
+}
+
+/// Settings of the JetStream objects; the defaults suit production and tests alike.
+#[derive(Clone, Debug)]
+pub struct BusConfig {
+    /// How long JetStream waits for an ack (or a heartbeat) before redelivering a job.
+    pub ack_wait: Duration,
+    /// Window in which a re-published `Nats-Msg-Id` is dropped.
+    pub duplicate_window: Duration,
+    /// Replicas of each stream (1 locally, 3 in a cluster).
+    pub replicas: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(30),
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+/// A cheap-to-clone handle on NATS and JetStream.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: BusConfig,
+}
+
+impl Bus {
+    /// Connects, retrying in the background when the server is not up yet.
+    pub async fn connect(url: &str, name: &str, config: BusConfig) -> Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(url)
+            .await?;
+        let js = jetstream::new(client.clone());
+        Ok(Self { client, js, config })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn config(&self) -> &BusConfig {
+        &self.config
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Creates the streams if they do not exist (idempotent: every service calls it at start).
+    pub async fn ensure_streams(&self) -> Result<()> {
+        for (name, subjects) in [(JOBS_STREAM, "mm.jobs.>"), (EVENTS_STREAM, "mm.events.>")] {
+            self.js
+                .get_or_create_stream(stream::Config {
+                    name: name.to_owned(),
+                    subjects: vec![subjects.to_owned()],
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    storage: stream::StorageType::File,
+                    duplicate_window: self.config.duplicate_window,
+                    num_replicas: self.config.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(js_err)?;
+        }
+        Ok(())
+    }
+
+    /// Retries `ensure_streams` until JetStream answers or `deadline` passes.
+    pub async fn ensure_streams_when_ready(&self, deadline: Duration) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.ensure_streams().await {
+                Ok(()) => return Ok(()),
+                Err(err) if started.elapsed() < deadline => {
+                    tracing::warn!(error = %err, "jetstream not ready, retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// The durable pull consumer of one queue's jobs (created if missing).
+    pub async fn job_consumer(&self, queue: &str) -> Result<consumer::PullConsumer> {
+        let stream = self.js.get_stream(JOBS_STREAM).await.map_err(js_err)?;
+        stream
+            .get_or_create_consumer(
+                queue,
+                consumer::pull::Config {
+                    durable_name: Some(queue.to_owned()),
+                    filter_subject: format!("mm.jobs.{queue}"),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(js_err)
+    }
+
+    /// The scheduler's durable pull consumer of worker events.
+    pub async fn events_consumer(&self) -> Result<consumer::PullConsumer> {
+        let stream = self.js.get_stream(EVENTS_STREAM).await.map_err(js_err)?;
+        stream
+            .get_or_create_consumer(
+                EVENTS_CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(EVENTS_CONSUMER.to_owned()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(js_err)
+    }
+
+    /// Publishes a job attempt with `Nats-Msg-Id = <job id>:<attempt>`, so that a re-publish
+    /// inside the duplicate window is dropped. Returns once JetStream has stored it.
+    pub async fn publish_job(&self, job: &JobMessage) -> Result<()> {
+        let subject = format!("mm.jobs.{}", job.queue);
+        let mut headers = trace_headers();
+        headers.insert("Nats-Msg-Id", format!("{}:{}", job.job_id, job.attempt).as_str());
+        self.publish_js(subject, headers, job).await
+    }
+
+    /// Publishes a worker event; returns once JetStream has stored it.
+    pub async fn publish_event(&self, event: &WorkerEvent) -> Result<()> {
+        let subject = format!("mm.events.{}", event.job_id());
+        self.publish_js(subject, trace_headers(), event).await
+    }
+
+    async fn publish_js(&self, subject: String, headers: HeaderMap, body: &impl Serialize) -> Result<()> {
+        let payload = Bytes::from(serde_json::to_vec(body)?);
+        self.js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| Error::Publish(e.to_string()))?
+            .await
+            .map_err(|e| Error::Publish(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Fans a state change or progress report out to live watchers (core NATS, best effort).
+    pub async fn publish_update(&self, job_id: Uuid, update: &Update) -> Result<()> {
+        let payload = Bytes::from(serde_json::to_vec(update)?);
+        self.client
+            .publish(format!("mm.updates.{job_id}"), payload)
+            .await
+            .map_err(|e| Error::Publish(e.to_string()))
+    }
+
+    pub async fn subscribe_updates(&self, job_id: Uuid) -> Result<async_nats::Subscriber> {
+        self.client
+            .subscribe(format!("mm.updates.{job_id}"))
+            .await
+            .map_err(|e| Error::JetStream(e.to_string()))
+    }
+
+    /// Asks whichever worker runs the job to stop it (core NATS, best effort: the scheduler's
+    /// state is already CANCELLED, so a report from a worker that missed this changes nothing).
+    pub async fn publish_cancel(&self, job_id: Uuid) -> Result<()> {
+        self.client
+            .publish(format!("mm.cancel.{job_id}"), Bytes::new())
+            .await
+            .map_err(|e| Error::Publish(e.to_string()))?;
+        self.client.flush().await.map_err(|e| Error::Publish(e.to_string()))
+    }
+
+    pub async fn subscribe_cancels(&self) -> Result<async_nats::Subscriber> {
+        self.client
+            .subscribe("mm.cancel.*")
+            .await
+            .map_err(|e| Error::JetStream(e.to_string()))
+    }
+}
+
+/// The W3C trace context of the current span as NATS headers.
+fn trace_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (key, value) in mediamesh_telemetry::current_context_headers() {
+        headers.insert(key.as_str(), value.as_str());
+    }
+    headers
+}
+
+/// Makes the trace context carried by a message the parent of `span`.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    let Some(headers) = headers else { return };
+    mediamesh_telemetry::set_parent(span, |key| headers.get(key).map(|v| v.as_str().to_owned()));
+}

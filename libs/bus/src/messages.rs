@@ -1,0 +1,67 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One attempt of a job, as published to `mm.jobs.<queue>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobMessage {
+    pub job_id: Uuid,
+    pub tenant: String,
+    pub kind: String,
+    pub queue: String,
+    pub attempt: u32,
+    pub media_id: Option<Uuid>,
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    pub timeout_ms: u64,
+}
+
+/// What a worker reports about an attempt, on `mm.events.<job id>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    Started {
+        job_id: Uuid,
+        attempt: u32,
+        worker_id: String,
+        at: DateTime<Utc>,
+    },
+    Succeeded {
+        job_id: Uuid,
+        attempt: u32,
+        worker_id: String,
+        at: DateTime<Utc>,
+        result: serde_json::Value,
+    },
+    Failed {
+        job_id: Uuid,
+        attempt: u32,
+        worker_id: String,
+        at: DateTime<Utc>,
+        code: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
+impl WorkerEvent {
+    pub fn job_id(&self) -> Uuid {
+        match self {
+            Self::Started { job_id, .. } | Self::Succeeded { job_id, .. } | Self::Failed { job_id, .. } => *job_id,
+        }
+    }
+}
+
+/// A live update for `WatchJob`, on `mm.updates.<job id>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Update {
+    /// A recorded state change (its row in `scheduler.job_events`).
+    Transition { seq: i64, state: String, attempt: u32 },
+    /// Progress of the running attempt.
+    Progress {
+        attempt: u32,
+        progress: f32,
+        message: String,
+    },
+}

@@ -1,0 +1,369 @@
+//! Test kit: the whole mesh in this process, on free ports, over a nats-server and a
+//! PostgreSQL of its own in a temp folder, with handles to stop and restart any service or
+//! server. Nothing is shared between tests and nothing is left behind.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use futures::StreamExt;
+pub use mediamesh_localsvc::{NatsOptions, NatsServer, PgOptions, Postgres, free_port};
+use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
+use mediamesh_proto::v1::job_service_client::JobServiceClient;
+use mediamesh_proto::v1::media_service_client::MediaServiceClient;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub use mediamesh_inference::InferenceConfig;
+pub use mediamesh_ingest::IngestConfig;
+pub use mediamesh_media::MediaConfig;
+pub use mediamesh_scheduler::SchedulerConfig;
+
+/// The workspace root (for fixtures and the locally installed nats-server).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A file of `../shared/fixtures/media/`.
+pub fn fixture(name: &str) -> PathBuf {
+    workspace_root().join("../shared/fixtures/media").join(name)
+}
+
+pub fn read_fixture(name: &str) -> Vec<u8> {
+    let path = fixture(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// The nats-server the test command installed (a current one), else whatever is on PATH.
+pub fn nats_binary() -> Option<PathBuf> {
+    let local = workspace_root().join(".mediamesh/venv/bin/nats-server");
+    local.exists().then_some(local)
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "info,sqlx=warn,async_nats=warn,h2=warn,tower=warn,hyper=warn",
+        ))
+        .with_test_writer()
+        .try_init();
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Service {
+    Ingest,
+    Scheduler,
+    Media,
+    Inference,
+}
+
+/// The four services' configurations; a test may change them before start.
+#[derive(Clone, Debug)]
+pub struct Configs {
+    pub ingest: IngestConfig,
+    pub scheduler: SchedulerConfig,
+    pub media: MediaConfig,
+    pub inference: InferenceConfig,
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<std::result::Result<(), String>>,
+}
+
+pub struct Mesh {
+    pub nats: NatsServer,
+    pub postgres: Postgres,
+    pub configs: Configs,
+    pub blob_dir: PathBuf,
+    running: Vec<(Service, Running)>,
+    channel: Channel,
+    _root: tempfile::TempDir,
+}
+
+impl Mesh {
+    /// Starts servers and all four services with default settings.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts servers, lets `tune` change the configurations, then starts the services and
+    /// waits until each reports SERVING.
+    pub async fn start_with(tune: impl FnOnce(&mut Configs)) -> Result<Self> {
+        init_logging();
+        let root = tempfile::Builder::new().prefix("mediamesh-test-").tempdir()?;
+        let nats = NatsServer::start(NatsOptions {
+            bin: nats_binary(),
+            dir: root.path().join("nats"),
+            port: None,
+        })
+        .await
+        .context("starting nats-server")?;
+        let postgres = Postgres::start_fast(PgOptions {
+            bin_dir: None,
+            dir: root.path().join("postgres"),
+            port: None,
+            fsync: false,
+        })
+        .await
+        .context("starting PostgreSQL")?;
+        mediamesh_store::ensure_database(&postgres.url("postgres"), "mediamesh").await?;
+        let database_url = postgres.url("mediamesh");
+        let blob_dir = root.path().join("blobs");
+        let blob_url = format!("file://{}", blob_dir.display());
+        let addr = || -> Result<SocketAddr> { Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))) };
+        let scheduler_addr = addr()?;
+        let mut configs = Configs {
+            ingest: IngestConfig::new(
+                addr()?,
+                database_url.clone(),
+                blob_url.clone(),
+                format!("http://{scheduler_addr}"),
+            ),
+            scheduler: SchedulerConfig::new(scheduler_addr, database_url.clone(), nats.url()),
+            media: MediaConfig::new(addr()?, nats.url(), blob_url),
+            inference: InferenceConfig::new(addr()?, database_url, nats.url()),
+        };
+        configs.ingest.health_interval_ms = 100;
+        configs.scheduler.health_interval_ms = 100;
+        configs.scheduler.dispatch_interval_ms = 50;
+        configs.scheduler.retry_base_ms = 200;
+        configs.scheduler.retry_cap_ms = 2_000;
+        configs.media.health_interval_ms = 100;
+        configs.inference.health_interval_ms = 100;
+        tune(&mut configs);
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", configs.ingest.listen_addr))?.connect_lazy();
+        let mut mesh = Self {
+            nats,
+            postgres,
+            configs,
+            blob_dir,
+            running: Vec::new(),
+            channel,
+            _root: root,
+        };
+        for service in [Service::Scheduler, Service::Ingest, Service::Media, Service::Inference] {
+            mesh.start_service(service).await?;
+        }
+        Ok(mesh)
+    }
+
+    pub fn addr(&self, service: Service) -> SocketAddr {
+        match service {
+            Service::Ingest => self.configs.ingest.listen_addr,
+            Service::Scheduler => self.configs.scheduler.listen_addr,
+            Service::Media => self.configs.media.listen_addr,
+            Service::Inference => self.configs.inference.listen_addr,
+        }
+    }
+
+    /// Starts one service in this process and waits until it is SERVING.
+    pub async fn start_service(&mut self, service: Service) -> Result<()> {
+        if self.running.iter().any(|(s, _)| *s == service) {
+            return Err(anyhow!("{service:?} is already running"));
+        }
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let c = self.configs.clone();
+        let task = match service {
+            Service::Ingest => tokio::spawn(async move {
+                mediamesh_ingest::serve(c.ingest, token)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+            Service::Scheduler => tokio::spawn(async move {
+                mediamesh_scheduler::serve(c.scheduler, token)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+            Service::Media => {
+                tokio::spawn(async move { mediamesh_media::serve(c.media, token).await.map_err(|e| e.to_string()) })
+            }
+            Service::Inference => tokio::spawn(async move {
+                mediamesh_inference::serve(c.inference, token)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        };
+        self.running.push((service, Running { stop, task }));
+        wait_serving(self.addr(service), Duration::from_secs(60)).await
+    }
+
+    /// Stops one service gracefully (it drains what it is doing) and waits for it.
+    pub async fn stop_service(&mut self, service: Service) -> Result<()> {
+        let index = self
+            .running
+            .iter()
+            .position(|(s, _)| *s == service)
+            .ok_or_else(|| anyhow!("{service:?} is not running"))?;
+        let (_, running) = self.running.remove(index);
+        running.stop.cancel();
+        running.task.await?.map_err(|e| anyhow!("{service:?} failed: {e}"))
+    }
+
+    /// A client of the public API (ingest; `JobService` is forwarded to the scheduler).
+    pub fn ingest(&self) -> IngestServiceClient<Channel> {
+        IngestServiceClient::new(self.channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    pub fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel.clone())
+    }
+
+    pub fn media(&self) -> MediaServiceClient<Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.configs.media.listen_addr))
+            .map(|e| e.connect_lazy())
+            .unwrap_or_else(|_| self.channel.clone());
+        MediaServiceClient::new(channel)
+    }
+
+    /// A direct channel to one service.
+    pub fn channel(&self, service: Service) -> Result<Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(service)))?.connect_lazy())
+    }
+
+    /// Stops every service, then the servers.
+    pub async fn shutdown(mut self) -> Result<()> {
+        for (_, running) in &self.running {
+            running.stop.cancel();
+        }
+        for (service, running) in self.running.drain(..) {
+            running.task.await?.map_err(|e| anyhow!("{service:?} failed: {e}"))?;
+        }
+        self.postgres.stop().await?;
+        self.nats.stop().await?;
+        Ok(())
+    }
+}
+
+/// Polls `grpc.health.v1` on `addr` until the overall status is SERVING.
+pub async fn wait_serving(addr: SocketAddr, deadline: Duration) -> Result<()> {
+    let started = std::time::Instant::now();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    loop {
+        let status = client
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .map(|r| r.into_inner().status);
+        if matches!(status, Ok(s) if s == tonic_health::pb::health_check_response::ServingStatus::Serving as i32) {
+            return Ok(());
+        }
+        if started.elapsed() > deadline {
+            return Err(anyhow!("{addr} not SERVING after {deadline:?}: {status:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Uploads `data` in 256 KiB chunks.
+pub async fn upload(
+    client: &mut IngestServiceClient<Channel>,
+    filename: &str,
+    data: &[u8],
+) -> std::result::Result<pb::UploadMediaResponse, tonic::Status> {
+    let mut parts = vec![pb::UploadMediaRequest {
+        part: Some(pb::upload_media_request::Part::Header(pb::UploadHeader {
+            filename: filename.to_owned(),
+            content_type: String::new(),
+        })),
+    }];
+    parts.extend(data.chunks(256 * 1024).map(|chunk| pb::UploadMediaRequest {
+        part: Some(pb::upload_media_request::Part::Chunk(chunk.to_vec())),
+    }));
+    client
+        .upload_media(futures::stream::iter(parts))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Follows a job with `WatchJob` until its stream ends (at a terminal state); returns every
+/// message received.
+pub async fn watch_to_end(
+    jobs: &mut JobServiceClient<Channel>,
+    job_id: &str,
+    deadline: Duration,
+) -> Result<Vec<pb::WatchJobResponse>> {
+    let mut stream = jobs
+        .watch_job(pb::WatchJobRequest {
+            job_id: job_id.to_owned(),
+            after_seq: 0,
+        })
+        .await?
+        .into_inner();
+    let mut seen = Vec::new();
+    let collect = async {
+        while let Some(message) = stream.next().await {
+            seen.push(message?);
+        }
+        Ok::<(), tonic::Status>(())
+    };
+    tokio::time::timeout(deadline, collect)
+        .await
+        .map_err(|_| anyhow!("job {job_id} did not end within {deadline:?}"))??;
+    Ok(seen)
+}
+
+/// Waits until the job ends and returns it.
+pub async fn wait_job(jobs: &mut JobServiceClient<Channel>, job_id: &str, deadline: Duration) -> Result<pb::Job> {
+    let seen = watch_to_end(jobs, job_id, deadline).await?;
+    let _ = seen;
+    let job = jobs
+        .get_job(pb::GetJobRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .job
+        .ok_or_else(|| anyhow!("no job"))?;
+    Ok(job)
+}
+
+/// Downloads a media's original or derivative.
+pub async fn download(client: &mut IngestServiceClient<Channel>, media_id: &str, name: &str) -> Result<Vec<u8>> {
+    let mut stream = client
+        .download_media(pb::DownloadMediaRequest {
+            media_id: media_id.to_owned(),
+            name: name.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let mut data = Vec::new();
+    let mut header = None;
+    while let Some(part) = stream.message().await? {
+        match part.part {
+            Some(pb::download_media_response::Part::Header(h)) => header = Some(h),
+            Some(pb::download_media_response::Part::Chunk(c)) => data.extend_from_slice(&c),
+            None => {}
+        }
+    }
+    let header = header.ok_or_else(|| anyhow!("no header"))?;
+    if header.bytes != data.len() as u64 {
+        return Err(anyhow!("header says {} bytes, got {}", header.bytes, data.len()));
+    }
+    Ok(data)
+}
+
+/// Every file under the blob folder, relative to it.
+pub fn blob_files(mesh: &Mesh) -> Vec<String> {
+    fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<String>) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, base, out);
+                } else if let Ok(rel) = path.strip_prefix(base) {
+                    out.push(rel.display().to_string());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&mesh.blob_dir, &mesh.blob_dir, &mut out);
+    out.sort();
+    out
+}

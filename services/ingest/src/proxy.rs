@@ -1,0 +1,93 @@
+//! `JobService` on ingest: forwards each call to the scheduler with the caller's tenant, so a
+//! client talks to one address.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::job_service_client::JobServiceClient;
+use mediamesh_proto::v1::job_service_server::JobService;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use mediamesh_core::tenant_of;
+
+use crate::api::forward;
+
+#[derive(Clone)]
+pub struct JobProxy {
+    scheduler: JobServiceClient<Channel>,
+}
+
+impl JobProxy {
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            scheduler: JobServiceClient::new(channel),
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobProxy {
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+        let tenant = tenant_of(&request);
+        self.scheduler
+            .clone()
+            .get_job(forward(&tenant, request.into_inner()))
+            .await
+    }
+
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let tenant = tenant_of(&request);
+        self.scheduler
+            .clone()
+            .list_jobs(forward(&tenant, request.into_inner()))
+            .await
+    }
+
+    type WatchJobStream = WatchStream;
+
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let tenant = tenant_of(&request);
+        let response = self
+            .scheduler
+            .clone()
+            .watch_job(forward(&tenant, request.into_inner()))
+            .await?;
+        Ok(Response::new(
+            Box::pin(response.into_inner().map(|item| item)) as WatchStream
+        ))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let tenant = tenant_of(&request);
+        self.scheduler
+            .clone()
+            .cancel_job(forward(&tenant, request.into_inner()))
+            .await
+    }
+
+    async fn retry_job(&self, request: Request<pb::RetryJobRequest>) -> Result<Response<pb::RetryJobResponse>, Status> {
+        let tenant = tenant_of(&request);
+        self.scheduler
+            .clone()
+            .retry_job(forward(&tenant, request.into_inner()))
+            .await
+    }
+
+    async fn get_queue_stats(
+        &self,
+        request: Request<pb::GetQueueStatsRequest>,
+    ) -> Result<Response<pb::GetQueueStatsResponse>, Status> {
+        let tenant = tenant_of(&request);
+        self.scheduler
+            .clone()
+            .get_queue_stats(forward(&tenant, request.into_inner()))
+            .await
+    }
+}

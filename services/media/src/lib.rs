@@ -1,0 +1,93 @@
+//! The media service: runs `media.*` jobs from JetStream (probe, thumbnails) and serves
+//! `MediaService` for small synchronous operations. It owns nothing durable.
+
+mod api;
+mod config;
+pub mod image_ops;
+mod worker;
+
+use std::time::Duration;
+
+pub use config::MediaConfig;
+use mediamesh_blob::Blob;
+use mediamesh_bus::{Bus, BusConfig};
+use mediamesh_proto::v1::media_service_server::MediaServiceServer;
+use mediamesh_server::check;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Blob(#[from] mediamesh_blob::Error),
+    #[error(transparent)]
+    Bus(#[from] mediamesh_bus::Error),
+    #[error(transparent)]
+    Server(#[from] mediamesh_server::Error),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+const SERVICES: &[&str] = &["mediamesh.v1.MediaService"];
+
+/// Runs the media service until `shutdown`; jobs under way finish (within the grace period)
+/// before it returns.
+pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let blob = Blob::from_url(&config.blob_url)?;
+    let bus = Bus::connect(&config.nats_url, "mediamesh-media", BusConfig::default()).await?;
+    bus.ensure_streams_when_ready(Duration::from_secs(60)).await?;
+
+    let worker_stop = CancellationToken::new();
+    let worker = tokio::spawn(worker::run(
+        bus.clone(),
+        blob.clone(),
+        config.clone(),
+        worker_stop.clone(),
+    ));
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = {
+        let bus = bus.clone();
+        let blob = blob.clone();
+        mediamesh_server::spawn_health(
+            reporter,
+            SERVICES,
+            vec![
+                (
+                    "nats",
+                    check(move || {
+                        let bus = bus.clone();
+                        async move { bus.is_connected() }
+                    }),
+                ),
+                (
+                    "blob",
+                    check(move || {
+                        let blob = blob.clone();
+                        async move { blob.size("health").await.is_ok() }
+                    }),
+                ),
+            ],
+            Duration::from_millis(config.health_interval_ms),
+            shutdown.clone(),
+        )
+    };
+
+    let api = api::MediaApi::new(blob, config.clone());
+    let incoming = mediamesh_server::bind(config.listen_addr).await?;
+    tracing::info!(addr = %config.listen_addr, concurrency = config.concurrency(), "media service listening");
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(mediamesh_server::reflection()?)
+        .add_service(MediaServiceServer::new(api))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
+    let result = server.await;
+    // Stop taking jobs, let the ones under way finish.
+    worker_stop.cancel();
+    let grace = Duration::from_millis(config.grace_ms);
+    if tokio::time::timeout(grace, worker).await.is_err() {
+        tracing::warn!("jobs still running after the grace period; JetStream will redeliver them");
+    }
+    let _ = health.await;
+    result?;
+    Ok(())
+}

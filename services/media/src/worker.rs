@@ -1,0 +1,329 @@
+//! Pulls `media.*` jobs from the `media` consumer, runs them with a per-attempt timeout,
+//! heartbeats (in-progress acks) and cancellation, and reports each outcome to `MM_EVENTS`
+//! before acking the job message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::StreamExt;
+use mediamesh_blob::Blob;
+use mediamesh_bus::async_nats::jetstream::{AckKind, Message};
+use mediamesh_bus::{Bus, JobMessage, Update, WorkerEvent};
+use mediamesh_core::{Error, ErrorCode, JobKind};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::MediaConfig;
+use crate::image_ops;
+
+type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
+
+#[derive(Clone)]
+struct Ctx {
+    bus: Bus,
+    blob: Blob,
+    config: MediaConfig,
+    worker_id: String,
+    running: Running,
+}
+
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "media".to_owned());
+    let short = Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &short[..8])
+}
+
+pub async fn run(bus: Bus, blob: Blob, config: MediaConfig, stop: CancellationToken) {
+    let ctx = Ctx {
+        worker_id: worker_id(),
+        running: Arc::new(Mutex::new(HashMap::new())),
+        bus,
+        blob,
+        config,
+    };
+    let cancels = tokio::spawn(listen_for_cancels(ctx.clone(), stop.clone()));
+    let slots = Arc::new(Semaphore::new(ctx.config.concurrency()));
+    tracing::info!(worker_id = %ctx.worker_id, "media worker started");
+    'outer: while !stop.is_cancelled() {
+        let consumer = match ctx.bus.job_consumer("media").await {
+            Ok(consumer) => consumer,
+            Err(err) => {
+                tracing::warn!(error = %err, "media consumer unavailable, retrying");
+                pause(&stop, Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            // Ask for as many jobs as there are free slots, so no job waits in this process
+            // while its ack_wait runs.
+            let first = tokio::select! {
+                () = stop.cancelled() => break 'outer,
+                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break 'outer,
+                },
+            };
+            let mut permits = vec![first];
+            while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
+                permits.push(permit);
+            }
+            let batch = consumer
+                .batch()
+                .max_messages(permits.len())
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await;
+            let mut messages = match batch {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(error = %err, "pulling jobs failed, reconnecting");
+                    pause(&stop, Duration::from_millis(500)).await;
+                    continue 'outer;
+                }
+            };
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(message) => {
+                        let Some(permit) = permits.pop() else { break };
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            handle(&ctx, message).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "pull ended");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // Drain: wait until every slot is free again, i.e. every job under way has finished.
+    let total = u32::try_from(ctx.config.concurrency()).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(total).await;
+    cancels.abort();
+    tracing::info!("media worker stopped");
+}
+
+async fn pause(stop: &CancellationToken, d: Duration) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(d) => {}
+    }
+}
+
+async fn listen_for_cancels(ctx: Ctx, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        match ctx.bus.subscribe_cancels().await {
+            Ok(mut subscriber) => {
+                while let Some(message) = subscriber.next().await {
+                    let id = message
+                        .subject
+                        .as_str()
+                        .rsplit('.')
+                        .next()
+                        .and_then(|s| Uuid::parse_str(s).ok());
+                    if let Some(id) = id
+                        && let Ok(running) = ctx.running.lock()
+                        && let Some(token) = running.get(&id)
+                    {
+                        tracing::info!(job_id = %id, "cancelling running job");
+                        token.cancel();
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot subscribe to cancellations");
+                pause(&stop, Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn handle(ctx: &Ctx, message: Message) {
+    let job: JobMessage = match serde_json::from_slice(&message.payload) {
+        Ok(job) => job,
+        Err(err) => {
+            tracing::error!(error = %err, subject = %message.subject, "dropping malformed job message");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("job", job_id = %job.job_id, kind = %job.kind, attempt = job.attempt);
+    mediamesh_bus::set_parent_from_headers(&span, message.headers.as_ref());
+    run_job(ctx, message, job).instrument(span).await;
+}
+
+async fn run_job(ctx: &Ctx, message: Message, job: JobMessage) {
+    let message = Arc::new(message);
+    let started = WorkerEvent::Started {
+        job_id: job.job_id,
+        attempt: job.attempt,
+        worker_id: ctx.worker_id.clone(),
+        at: Utc::now(),
+    };
+    if let Err(err) = ctx.bus.publish_event(&started).await {
+        tracing::warn!(error = %err, "cannot report start; leaving the job for redelivery");
+        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        return;
+    }
+    let token = CancellationToken::new();
+    if let Ok(mut running) = ctx.running.lock() {
+        running.insert(job.job_id, token.clone());
+    }
+    let heartbeat = {
+        let message = Arc::clone(&message);
+        let every = ctx.bus.config().ack_wait / 3;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if message.ack_with(AckKind::Progress).await.is_err() {
+                    tracing::debug!("heartbeat failed");
+                }
+            }
+        })
+    };
+    let timeout = Duration::from_millis(job.timeout_ms.max(1));
+    let started_at = std::time::Instant::now();
+    let outcome = tokio::select! {
+        result = tokio::time::timeout(timeout, execute(ctx, &job, token.clone())) => match result {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(ErrorCode::Timeout, format!("attempt timed out after {} ms", job.timeout_ms))),
+        },
+        () = token.cancelled() => Err(Error::new(ErrorCode::Cancelled, "cancelled by request")),
+    };
+    heartbeat.abort();
+    if let Ok(mut running) = ctx.running.lock() {
+        running.remove(&job.job_id);
+    }
+    let elapsed_ms = started_at.elapsed().as_millis();
+    let event = match outcome {
+        Ok(result) => {
+            tracing::info!(elapsed_ms, "job succeeded");
+            WorkerEvent::Succeeded {
+                job_id: job.job_id,
+                attempt: job.attempt,
+                worker_id: ctx.worker_id.clone(),
+                at: Utc::now(),
+                result,
+            }
+        }
+        Err(err) => {
+            tracing::warn!(elapsed_ms, code = %err.code, error = %err.message, "job failed");
+            WorkerEvent::Failed {
+                job_id: job.job_id,
+                attempt: job.attempt,
+                worker_id: ctx.worker_id.clone(),
+                at: Utc::now(),
+                code: err.code.as_str().to_owned(),
+                message: err.message,
+                retryable: err.code.is_retryable(),
+            }
+        }
+    };
+    for attempt in 0..5u32 {
+        match ctx.bus.publish_event(&event).await {
+            Ok(()) => {
+                let _ = message.double_ack().await;
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, attempt, "cannot report outcome, retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+            }
+        }
+    }
+    // The outcome could not be recorded: let JetStream redeliver the job; running it again is
+    // harmless (outputs go to the same keys).
+    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+}
+
+async fn execute(ctx: &Ctx, job: &JobMessage, cancel: CancellationToken) -> Result<serde_json::Value, Error> {
+    let kind = JobKind::parse(&job.kind).map_err(|_| Error::unsupported(format!("unknown job kind {:?}", job.kind)))?;
+    let media_id = job
+        .media_id
+        .ok_or_else(|| Error::bad_input(format!("job kind {kind} needs a media_id")))?;
+    match kind {
+        JobKind::MediaProbe => {
+            let data = original(ctx, media_id).await?;
+            let limits = ctx.config.limits();
+            let info = tokio::task::spawn_blocking(move || image_ops::probe(&data, &limits))
+                .await
+                .map_err(|_| Error::internal("probe task failed"))??;
+            Ok(json!({ "outputs": [], "metadata": info }))
+        }
+        JobKind::MediaThumbnails => thumbnails(ctx, job, media_id, cancel).await,
+        other => Err(Error::unsupported(format!("the media worker does not run {other}"))),
+    }
+}
+
+async fn original(ctx: &Ctx, media_id: Uuid) -> Result<Bytes, Error> {
+    ctx.blob
+        .get(&mediamesh_blob::original_key(&media_id))
+        .await
+        .map_err(|e| match e {
+            mediamesh_blob::Error::NotFound(_) => Error::not_found(format!("media {media_id} has no original")),
+            other => Error::from(other),
+        })
+}
+
+async fn thumbnails(
+    ctx: &Ctx,
+    job: &JobMessage,
+    media_id: Uuid,
+    cancel: CancellationToken,
+) -> Result<serde_json::Value, Error> {
+    let data = original(ctx, media_id).await?;
+    let limits = ctx.config.limits();
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<f32>();
+    let work = tokio::task::spawn_blocking(move || {
+        let mut report = |p: f32| {
+            let _ = progress_tx.send(p);
+        };
+        image_ops::thumbnails(&data, &image_ops::STANDARD_THUMBS, &limits, &mut report)
+    });
+    let forward = {
+        let bus = ctx.bus.clone();
+        let job_id = job.job_id;
+        let attempt = job.attempt;
+        tokio::spawn(async move {
+            while let Some(progress) = progress_rx.recv().await {
+                let update = Update::Progress {
+                    attempt,
+                    progress,
+                    message: "making thumbnails".to_owned(),
+                };
+                let _ = bus.publish_update(job_id, &update).await;
+            }
+        })
+    };
+    let derivatives = work.await.map_err(|_| Error::internal("thumbnail task failed"))??;
+    let _ = forward.await;
+    if cancel.is_cancelled() {
+        return Err(Error::new(ErrorCode::Cancelled, "cancelled by request"));
+    }
+    let mut outputs = Vec::with_capacity(derivatives.len());
+    for derivative in derivatives {
+        let key = mediamesh_blob::derivative_key(&media_id, &derivative.name, "jpg");
+        let bytes = derivative.jpeg.len();
+        ctx.blob.put(&key, Bytes::from(derivative.jpeg)).await?;
+        outputs.push(json!({
+            "name": derivative.name,
+            "blob_key": key,
+            "content_type": "image/jpeg",
+            "width": derivative.width,
+            "height": derivative.height,
+            "bytes": bytes,
+        }));
+    }
+    Ok(json!({ "outputs": outputs }))
+}

@@ -1,0 +1,418 @@
+//! `JobService` and `SchedulerInternalService`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::{Stream, StreamExt};
+use mediamesh_bus::{Bus, Update};
+use mediamesh_core::{
+    DEFAULT_PRIORITY, Error, JobKind, JobState, Queue, from_timestamp, parse_id, tenant_of, to_timestamp,
+};
+use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::job_service_server::JobService;
+use mediamesh_proto::v1::scheduler_internal_service_server::SchedulerInternalService;
+use mediamesh_store::{JobEventRow, JobFilter, NewJob, Store};
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::convert::job_to_proto;
+
+#[derive(Clone)]
+pub struct JobApi {
+    store: Store,
+    bus: Bus,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+}
+
+impl JobApi {
+    pub fn new(store: Store, bus: Bus, wake: Arc<Notify>, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            bus,
+            wake,
+            shutdown,
+        }
+    }
+
+    async fn load(&self, tenant: &str, id: Uuid) -> Result<pb::Job, Error> {
+        let row = self
+            .store
+            .get_job(tenant, id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("job {id} not found")))?;
+        let attempts = self.store.attempts(id).await?;
+        Ok(job_to_proto(&row, &attempts))
+    }
+
+    fn validate(tenant: &str, spec: pb::JobSpec) -> Result<NewJob, Error> {
+        let pb::JobSpec {
+            kind,
+            media_id,
+            payload_json,
+            priority,
+            max_attempts,
+            timeout_ms,
+            run_at,
+            idempotency_key,
+        } = spec;
+        let kind = JobKind::parse(&kind)?;
+        if !kind.is_available() {
+            return Err(Error::unsupported(format!(
+                "job kind {kind} has no worker in this release"
+            )));
+        }
+        let media_id = if media_id.is_empty() {
+            if kind.queue() != Queue::Scheduler {
+                return Err(Error::bad_input(format!("job kind {kind} needs a media_id")));
+            }
+            None
+        } else {
+            Some(parse_id("media_id", &media_id)?)
+        };
+        let payload: serde_json::Value = if payload_json.trim().is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::from_str(&payload_json)
+                .map_err(|e| Error::bad_input(format!("payload_json is not valid JSON: {e}")))?
+        };
+        if !payload.is_object() {
+            return Err(Error::bad_input("payload_json must be a JSON object"));
+        }
+        let priority = match priority {
+            0 => DEFAULT_PRIORITY,
+            1..=10 => priority,
+            other => return Err(Error::bad_input(format!("priority {other} is outside 1..=10"))),
+        };
+        let max_attempts = match max_attempts {
+            0 => kind.default_max_attempts(),
+            1..=100 => max_attempts,
+            other => return Err(Error::bad_input(format!("max_attempts {other} is outside 1..=100"))),
+        };
+        let timeout_ms = match timeout_ms {
+            0 => u64::try_from(kind.default_timeout().as_millis()).unwrap_or(u64::MAX),
+            1..=86_400_000 => timeout_ms,
+            other => return Err(Error::bad_input(format!("timeout_ms {other} is over one day"))),
+        };
+        let run_at = match run_at {
+            Some(ts) => from_timestamp(&ts).ok_or_else(|| Error::bad_input("run_at is not a valid time"))?,
+            None => Utc::now(),
+        };
+        if idempotency_key.len() > 256 {
+            return Err(Error::bad_input("idempotency_key is longer than 256 bytes"));
+        }
+        Ok(NewJob {
+            id: Uuid::now_v7(),
+            tenant: tenant.to_owned(),
+            kind: kind.as_str().to_owned(),
+            queue: kind.queue().as_str().to_owned(),
+            priority: i16::try_from(priority).unwrap_or(5),
+            media_id,
+            payload,
+            max_attempts: i32::try_from(max_attempts).unwrap_or(3),
+            timeout_ms: i64::try_from(timeout_ms).unwrap_or(i64::MAX),
+            run_at,
+            idempotency_key: (!idempotency_key.is_empty()).then_some(idempotency_key),
+        })
+    }
+
+    async fn transition_done(&self, job_id: Uuid, event: &JobEventRow) {
+        let update = Update::Transition {
+            seq: event.seq,
+            state: event.state.clone(),
+            attempt: u32::try_from(event.attempt).unwrap_or(0),
+        };
+        if let Err(err) = self.bus.publish_update(job_id, &update).await {
+            tracing::debug!(error = %err, "live update not sent");
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let id = parse_id("job_id", &request.get_ref().job_id)?;
+        let job = self.load(&tenant, id).await?;
+        Ok(Response::new(pb::GetJobResponse { job: Some(job) }))
+    }
+
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let pb::ListJobsRequest {
+            media_id,
+            state,
+            kind,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let limit = match page_size {
+            0 => 100,
+            1..=1000 => i64::from(page_size),
+            other => return Err(Error::bad_input(format!("page_size {other} is over 1000")).into()),
+        };
+        let state = pb::JobState::try_from(state).map_err(|_| Error::bad_input(format!("unknown state {state}")))?;
+        let filter = JobFilter {
+            tenant,
+            media_id: if media_id.is_empty() {
+                None
+            } else {
+                Some(parse_id("media_id", &media_id)?)
+            },
+            state: JobState::from_proto(state),
+            kind: if kind.is_empty() {
+                None
+            } else {
+                Some(JobKind::parse(&kind)?.as_str().to_owned())
+            },
+            after: if page_token.is_empty() {
+                None
+            } else {
+                Some(parse_id("page_token", &page_token)?)
+            },
+            limit,
+        };
+        let rows = self.store.list_jobs(&filter).await.map_err(Error::from)?;
+        let next_page_token = if rows.len() as i64 == limit {
+            rows.last().map(|r| r.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let attempts = self.store.attempts(row.id).await.map_err(Error::from)?;
+            jobs.push(job_to_proto(row, &attempts));
+        }
+        Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token }))
+    }
+
+    type WatchJobStream = WatchStream;
+
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let tenant = tenant_of(&request);
+        let pb::WatchJobRequest { job_id, after_seq } = request.into_inner();
+        let id = parse_id("job_id", &job_id)?;
+        // Subscribe before reading the history, so that nothing falls between the two.
+        let mut updates = self.bus.subscribe_updates(id).await.map_err(Error::from)?;
+        let job = self.load(&tenant, id).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut last_seq = i64::try_from(after_seq).unwrap_or(0);
+            let mut current = job;
+            let mut catch_up = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                // Replay what is recorded after last_seq (first the history, later anything a
+                // lost live update left out).
+                let events = match api.store.job_events(id, last_seq).await {
+                    Ok(events) => events,
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(Error::from(err)))).await;
+                        return;
+                    }
+                };
+                if !events.is_empty() {
+                    if let Ok(job) = api.load(&tenant, id).await {
+                        current = job;
+                    }
+                    let count = events.len();
+                    let ended = pb::JobState::try_from(current.state)
+                        .ok()
+                        .and_then(JobState::from_proto)
+                        .is_some_and(JobState::is_terminal);
+                    for (i, event) in events.into_iter().enumerate() {
+                        last_seq = event.seq;
+                        // A terminal state in the history ends the stream only when it is where
+                        // the job is now (a retried job goes on after CANCELLED or FAILED).
+                        let terminal =
+                            ended && i + 1 == count && JobState::parse(&event.state).is_ok_and(JobState::is_terminal);
+                        let message = transition_message(&event, &current);
+                        if tx.send(Ok(message)).await.is_err() {
+                            return;
+                        }
+                        if terminal {
+                            return;
+                        }
+                    }
+                }
+                // Wait for the next live update, a catch-up tick, the client leaving or shutdown.
+                loop {
+                    tokio::select! {
+                        () = api.shutdown.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("server shutting down; resume with after_seq"))).await;
+                            return;
+                        }
+                        () = tx.closed() => return,
+                        _ = catch_up.tick() => break,
+                        message = updates.next() => {
+                            let Some(message) = message else { return };
+                            match serde_json::from_slice::<Update>(&message.payload) {
+                                Ok(Update::Transition { seq, .. }) if seq > last_seq => break,
+                                Ok(Update::Progress { attempt, progress, message }) => {
+                                    let reply = pb::WatchJobResponse {
+                                        seq: 0,
+                                        job_id: id.to_string(),
+                                        state: pb::JobState::Running as i32,
+                                        attempt,
+                                        at: Some(to_timestamp(Utc::now())),
+                                        progress,
+                                        message,
+                                        job: None,
+                                    };
+                                    if tx.send(Ok(reply)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(Update::Transition { .. }) | Err(_) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as WatchStream))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let id = parse_id("job_id", &request.get_ref().job_id)?;
+        match self.store.cancel_job(&tenant, id).await.map_err(Error::from)? {
+            Some(transition) => {
+                if let Err(err) = self.bus.publish_cancel(id).await {
+                    tracing::warn!(error = %err, job_id = %id, "cancel signal not sent");
+                }
+                self.transition_done(id, &transition.event).await;
+                tracing::info!(job_id = %id, "job cancelled");
+            }
+            None => {
+                let job = self.load(&tenant, id).await?;
+                let state = pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified);
+                if state != pb::JobState::Cancelled {
+                    return Err(Error::bad_input(format!(
+                        "job {id} has already ended ({})",
+                        state.as_str_name().trim_start_matches("JOB_STATE_")
+                    ))
+                    .into());
+                }
+            }
+        }
+        let job = self.load(&tenant, id).await?;
+        Ok(Response::new(pb::CancelJobResponse { job: Some(job) }))
+    }
+
+    async fn retry_job(&self, request: Request<pb::RetryJobRequest>) -> Result<Response<pb::RetryJobResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let id = parse_id("job_id", &request.get_ref().job_id)?;
+        match self.store.retry_job(&tenant, id).await.map_err(Error::from)? {
+            Some(transition) => {
+                self.wake.notify_one();
+                self.transition_done(id, &transition.event).await;
+            }
+            None => {
+                let job = self.load(&tenant, id).await?;
+                let state = pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified);
+                return Err(Error::bad_input(format!(
+                    "job {id} is {}; only FAILED or CANCELLED jobs can be retried",
+                    state.as_str_name().trim_start_matches("JOB_STATE_")
+                ))
+                .into());
+            }
+        }
+        let job = self.load(&tenant, id).await?;
+        Ok(Response::new(pb::RetryJobResponse { job: Some(job) }))
+    }
+
+    async fn get_queue_stats(
+        &self,
+        request: Request<pb::GetQueueStatsRequest>,
+    ) -> Result<Response<pb::GetQueueStatsResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let counts = self.store.queue_counts(&tenant).await.map_err(Error::from)?;
+        let mut stats: Vec<pb::QueueStats> = Vec::new();
+        for row in counts {
+            let entry = match stats.iter_mut().find(|s| s.queue == row.queue && s.kind == row.kind) {
+                Some(entry) => entry,
+                None => {
+                    stats.push(pb::QueueStats {
+                        queue: row.queue.clone(),
+                        kind: row.kind.clone(),
+                        ..Default::default()
+                    });
+                    let last = stats.len() - 1;
+                    &mut stats[last]
+                }
+            };
+            let n = u64::try_from(row.count).unwrap_or(0);
+            match JobState::parse(&row.state) {
+                Ok(JobState::Queued) => entry.queued += n,
+                Ok(JobState::Scheduled) => entry.scheduled += n,
+                Ok(JobState::Running) => entry.running += n,
+                Ok(JobState::Succeeded) => entry.succeeded += n,
+                Ok(JobState::Failed) => entry.failed += n,
+                Ok(JobState::Cancelled) => entry.cancelled += n,
+                Err(_) => {}
+            }
+        }
+        Ok(Response::new(pb::GetQueueStatsResponse { stats }))
+    }
+}
+
+fn transition_message(event: &JobEventRow, job: &pb::Job) -> pb::WatchJobResponse {
+    let state = JobState::parse(&event.state).map_or(pb::JobState::Unspecified, JobState::to_proto);
+    pb::WatchJobResponse {
+        seq: u64::try_from(event.seq).unwrap_or(0),
+        job_id: event.job_id.to_string(),
+        state: state as i32,
+        attempt: u32::try_from(event.attempt).unwrap_or(0),
+        at: Some(to_timestamp(event.at)),
+        progress: if state == pb::JobState::Succeeded { 1.0 } else { 0.0 },
+        message: String::new(),
+        job: Some(job.clone()),
+    }
+}
+
+#[tonic::async_trait]
+impl SchedulerInternalService for JobApi {
+    async fn create_jobs(
+        &self,
+        request: Request<pb::CreateJobsRequest>,
+    ) -> Result<Response<pb::CreateJobsResponse>, Status> {
+        let pb::CreateJobsRequest { tenant, jobs } = request.into_inner();
+        let tenant = if tenant.is_empty() {
+            mediamesh_core::DEFAULT_TENANT.to_owned()
+        } else {
+            tenant
+        };
+        if jobs.is_empty() {
+            return Ok(Response::new(pb::CreateJobsResponse { jobs: Vec::new() }));
+        }
+        let new_jobs = jobs
+            .into_iter()
+            .map(|spec| Self::validate(&tenant, spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        let created = self.store.create_jobs(&new_jobs).await.map_err(Error::from)?;
+        self.wake.notify_one();
+        let mut out = Vec::with_capacity(created.len());
+        for (row, inserted) in created {
+            if inserted {
+                tracing::info!(job_id = %row.id, kind = %row.kind, media_id = ?row.media_id, "job queued");
+            }
+            let attempts = self.store.attempts(row.id).await.map_err(Error::from)?;
+            out.push(pb::CreatedJob {
+                job: Some(job_to_proto(&row, &attempts)),
+                existing: !inserted,
+            });
+        }
+        Ok(Response::new(pb::CreateJobsResponse { jobs: out }))
+    }
+}

@@ -1,0 +1,96 @@
+//! Moves due jobs into JetStream: highest priority first, while the queue has room under its
+//! in-flight cap. The attempt is committed before the message is sent; a message lost between
+//! the two (crash, broker down) is sent again after `redispatch_after`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use mediamesh_bus::{Bus, JobMessage};
+use mediamesh_core::Queue;
+use mediamesh_store::{DueJob, Store};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::SchedulerConfig;
+
+const BATCH: i64 = 256;
+const QUEUES: [Queue; 2] = [Queue::Media, Queue::Inference];
+
+pub async fn run(store: Store, bus: Bus, wake: Arc<Notify>, config: SchedulerConfig, shutdown: CancellationToken) {
+    let interval = Duration::from_millis(config.dispatch_interval_ms);
+    let redispatch_after = Duration::from_secs(config.redispatch_after_secs);
+    let mut last_stale_check = Instant::now();
+    loop {
+        let mut full_batch = false;
+        for queue in QUEUES {
+            match store
+                .claim_due_jobs(queue.as_str(), BATCH, i64::from(config.max_in_flight))
+                .await
+            {
+                Ok(jobs) => {
+                    full_batch |= jobs.len() as i64 == BATCH;
+                    publish_all(&store, &bus, jobs, true).await;
+                }
+                Err(err) => tracing::warn!(error = %err, queue = queue.as_str(), "claiming due jobs failed"),
+            }
+        }
+        if last_stale_check.elapsed() >= redispatch_after / 4 {
+            last_stale_check = Instant::now();
+            for queue in QUEUES {
+                match store
+                    .stale_dispatches(queue.as_str(), redispatch_after.as_secs_f64(), BATCH)
+                    .await
+                {
+                    Ok(jobs) if !jobs.is_empty() => {
+                        tracing::warn!(
+                            count = jobs.len(),
+                            queue = queue.as_str(),
+                            "publishing stale dispatches again"
+                        );
+                        publish_all(&store, &bus, jobs, false).await;
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "looking for stale dispatches failed"),
+                }
+            }
+        }
+        if full_batch {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn publish_all(store: &Store, bus: &Bus, jobs: Vec<DueJob>, fresh: bool) {
+    let sends = jobs.into_iter().map(|job| async move {
+        let message = JobMessage {
+            job_id: job.id,
+            tenant: job.tenant,
+            kind: job.kind,
+            queue: job.queue,
+            attempt: u32::try_from(job.attempt).unwrap_or(0),
+            media_id: job.media_id,
+            payload: job.payload,
+            timeout_ms: u64::try_from(job.timeout_ms).unwrap_or(0),
+        };
+        if let Err(err) = bus.publish_job(&message).await {
+            tracing::warn!(error = %err, job_id = %job.id, attempt = job.attempt, "dispatch failed");
+            // Give the attempt back so the next round sends it again at once; if the message
+            // did reach JetStream, the same Nats-Msg-Id makes the second send a no-op.
+            if fresh && let Err(err) = store.undispatch(job.id, job.attempt).await {
+                tracing::warn!(error = %err, job_id = %job.id, "undispatch failed; the stale check will resend it");
+            }
+        } else {
+            tracing::debug!(job_id = %job.id, attempt = job.attempt, kind = %message.kind, "dispatched");
+        }
+    });
+    join_all(sends).await;
+}

@@ -1,0 +1,99 @@
+//! The scheduler: owns jobs and their history. It commits submitted jobs, dispatches due ones
+//! into JetStream by priority under a per-queue in-flight cap, applies the workers' reports as
+//! guarded state transitions, and serves `JobService`.
+
+mod api;
+mod config;
+mod convert;
+mod dispatch;
+mod events;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::SchedulerConfig;
+pub use convert::job_to_proto;
+use mediamesh_bus::{Bus, BusConfig};
+use mediamesh_proto::v1::job_service_server::JobServiceServer;
+use mediamesh_proto::v1::scheduler_internal_service_server::SchedulerInternalServiceServer;
+use mediamesh_server::check;
+use mediamesh_store::Store;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] mediamesh_store::Error),
+    #[error(transparent)]
+    Bus(#[from] mediamesh_bus::Error),
+    #[error(transparent)]
+    Server(#[from] mediamesh_server::Error),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+const SERVICES: &[&str] = &["mediamesh.v1.JobService", "mediamesh.v1.SchedulerInternalService"];
+
+/// Runs the scheduler until `shutdown` is cancelled, then drains and returns.
+pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let store = Store::connect_lazy(&config.database_url, config.db_pool_size)?;
+    store.migrate_when_ready(Duration::from_secs(60)).await?;
+    let bus = Bus::connect(&config.nats_url, "mediamesh-scheduler", BusConfig::default()).await?;
+    bus.ensure_streams_when_ready(Duration::from_secs(60)).await?;
+
+    let wake = Arc::new(Notify::new());
+    let tasks = CancellationToken::new();
+    let dispatcher = tokio::spawn(dispatch::run(
+        store.clone(),
+        bus.clone(),
+        Arc::clone(&wake),
+        config.clone(),
+        tasks.clone(),
+    ));
+    let events = tokio::spawn(events::run(store.clone(), bus.clone(), config.clone(), tasks.clone()));
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = {
+        let store = store.clone();
+        let bus = bus.clone();
+        mediamesh_server::spawn_health(
+            reporter,
+            SERVICES,
+            vec![
+                (
+                    "postgresql",
+                    check(move || {
+                        let store = store.clone();
+                        async move { store.ping().await }
+                    }),
+                ),
+                (
+                    "nats",
+                    check(move || {
+                        let bus = bus.clone();
+                        async move { bus.is_connected() }
+                    }),
+                ),
+            ],
+            Duration::from_millis(config.health_interval_ms),
+            shutdown.clone(),
+        )
+    };
+
+    let api = api::JobApi::new(store.clone(), bus.clone(), wake, shutdown.clone());
+    let incoming = mediamesh_server::bind(config.listen_addr).await?;
+    tracing::info!(addr = %config.listen_addr, "scheduler listening");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(mediamesh_server::reflection()?)
+        .add_service(JobServiceServer::new(api.clone()))
+        .add_service(SchedulerInternalServiceServer::new(api))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+        .await?;
+
+    tasks.cancel();
+    let _ = tokio::join!(dispatcher, events, health);
+    store.close().await;
+    Ok(())
+}
