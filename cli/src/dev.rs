@@ -46,7 +46,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     })
 }
 
-pub async fn run(args: DevArgs) -> Result<ExitCode> {
+pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
     let _guard = mediamesh_telemetry::init(&args.common.telemetry("meshctl-dev"))?;
     let data = absolute(&args.data_dir)?;
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
@@ -106,17 +106,33 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
     let media = mediamesh_media::MediaConfig::new(args.media_addr, nats_url.clone(), blob_url.clone());
     let inference =
         mediamesh_inference::InferenceConfig::new(args.inference_addr, database_url.clone(), nats_url.clone());
-    println!(
-        "mediamesh dev: ingest {} (MM_ADDR=http://{}), scheduler {}, media {}, inference {}\n  nats {}  postgres {}  blobs {}\n  Ctrl-C to stop",
-        args.ingest_addr,
-        args.ingest_addr,
-        args.scheduler_addr,
-        args.media_addr,
-        args.inference_addr,
-        nats_url,
-        database_url,
-        blob_url
-    );
+    if output == crate::Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "ingest": args.ingest_addr.to_string(),
+                "scheduler": args.scheduler_addr.to_string(),
+                "media": args.media_addr.to_string(),
+                "inference": args.inference_addr.to_string(),
+                "mm_addr": format!("http://{}", args.ingest_addr),
+                "nats_url": nats_url,
+                "database_url": database_url,
+                "blob_url": blob_url,
+            })
+        );
+    } else {
+        println!(
+            "mediamesh dev: ingest {} (MM_ADDR=http://{}), scheduler {}, media {}, inference {}\n  nats {}  postgres {}  blobs {}\n  Ctrl-C to stop",
+            args.ingest_addr,
+            args.ingest_addr,
+            args.scheduler_addr,
+            args.media_addr,
+            args.inference_addr,
+            nats_url,
+            database_url,
+            blob_url
+        );
+    }
     let result = {
         let fail = shutdown.clone();
         let watch = |name: &'static str, r: Result<(), String>| {

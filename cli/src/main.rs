@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     let output = cli.output;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => dev::run(*args).await,
+            Command::Dev(args) => dev::run(*args, output).await,
             Command::Health { wait } => commands::health(&cli.addr, output, wait).await,
             command => commands::run(&cli.addr, output, command).await,
         }

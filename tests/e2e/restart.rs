@@ -63,3 +63,42 @@ async fn queued_jobs_complete_after_the_media_service_restarts() {
     }
     mesh.shutdown().await.unwrap();
 }
+
+/// A service stopping drains: an open WatchJob stream through ingest ends with UNAVAILABLE
+/// (resume with the last seq) instead of holding the shutdown, and a job that was waiting
+/// still completes once everything is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_watch_streams_and_work_resumes() {
+    let mut mesh = Mesh::start().await.unwrap();
+    let mut ingest = mesh.ingest();
+    mesh.stop_service(Service::Media).await.unwrap();
+    let response = upload(&mut ingest, "d.jpg", &read_fixture("Dragonfly_by_Bolly.jpg"))
+        .await
+        .unwrap();
+    let job = response.jobs[0].clone();
+    let mut watch = mesh
+        .jobs()
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.state, pb::JobState::Queued as i32);
+
+    tokio::time::timeout(std::time::Duration::from_secs(20), mesh.stop_service(Service::Ingest))
+        .await
+        .expect("ingest drains promptly with a watch open")
+        .unwrap();
+    let status = watch.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    mesh.start_service(Service::Ingest).await.unwrap();
+    mesh.start_service(Service::Media).await.unwrap();
+    let mut jobs = mesh.jobs();
+    let done = wait_job(&mut jobs, &job.id, JOB_DEADLINE).await.unwrap();
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
+    mesh.shutdown().await.unwrap();
+}

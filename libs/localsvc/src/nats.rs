@@ -15,7 +15,7 @@ const READY: &str = "Server is ready";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Env var naming the `nats-server` binary to use when none is given.
-pub const NATS_BIN_ENV: &str = "MEDIAMESH_NATS_SERVER";
+pub const NATS_BIN_ENV: &str = "MM_NATS_SERVER";
 
 /// Options for [`NatsServer::start`].
 #[derive(Clone, Debug)]
@@ -50,7 +50,7 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Finds the binary: `explicit` if given, else `$MEDIAMESH_NATS_SERVER`,
+    /// Finds the binary: `explicit` if given, else `$MM_NATS_SERVER`,
     /// else `nats-server` on `PATH`, else `/usr/sbin/nats-server`.
     pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
         if let Some(bin) = explicit {

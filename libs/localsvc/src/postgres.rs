@@ -24,7 +24,7 @@ const DROP_GRACE: Duration = Duration::from_secs(5);
 /// `/.s.PGSQL.NNNNN` takes 15 of them.
 const MAX_SOCKET_DIR_LEN: usize = 107 - 15;
 /// Env var naming the PostgreSQL bin dir to use when none is given.
-pub const PG_BIN_DIR_ENV: &str = "MEDIAMESH_PG_BIN_DIR";
+pub const PG_BIN_DIR_ENV: &str = "MM_PG_BIN_DIR";
 
 /// Options for [`Postgres::start`].
 #[derive(Clone, Debug)]
@@ -77,7 +77,7 @@ pub struct Postgres {
 
 impl Postgres {
     /// Finds the dir holding `initdb` and `postgres`: `explicit` if given,
-    /// else `$MEDIAMESH_PG_BIN_DIR`, else `pg_config --bindir` if that has
+    /// else `$MM_PG_BIN_DIR`, else `pg_config --bindir` if that has
     /// `initdb`, else the highest `/usr/lib/postgresql/*/bin`, else the dir
     /// of the first `initdb` on `PATH` (symlinks resolved).
     pub fn find_bin_dir(explicit: Option<&Path>) -> Result<PathBuf> {

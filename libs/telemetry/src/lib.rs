@@ -157,3 +157,43 @@ pub fn set_parent_from_grpc(span: &tracing::Span, metadata: &tonic::metadata::Me
         metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_owned)
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_context_carries_across_a_hop() {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let span = tracing::info_span!("hop");
+            set_parent(&span, |key| (key == "traceparent").then(|| incoming.to_owned()));
+            let _entered = span.enter();
+            let outgoing = current_context_headers()
+                .into_iter()
+                .find(|(key, _)| key == "traceparent")
+                .map(|(_, value)| value)
+                .expect("a traceparent goes out");
+            assert!(
+                outgoing.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "same trace: {outgoing}"
+            );
+            assert!(!outgoing.contains("00f067aa0ba902b7"), "a span of its own: {outgoing}");
+        });
+    }
+
+    #[tokio::test]
+    async fn otlp_export_is_configured_from_an_endpoint() {
+        let guard = init(&TelemetryConfig {
+            service_name: "test".to_owned(),
+            log_format: LogFormat::Json,
+            otlp_endpoint: Some("http://127.0.0.1:4317".to_owned()),
+            filter: None,
+        });
+        assert!(guard.is_ok());
+        assert!("yaml".parse::<LogFormat>().is_err());
+    }
+}

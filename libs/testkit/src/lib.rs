@@ -37,8 +37,12 @@ pub fn read_fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
-/// The nats-server the test command installed (a current one), else whatever is on PATH.
+/// The nats-server to test against: `MM_NATS_SERVER` when set (e.g. Debian's 2.9, to check
+/// that both work), else the current one the test command installed, else the one on PATH.
 pub fn nats_binary() -> Option<PathBuf> {
+    if std::env::var_os(mediamesh_localsvc::NATS_BIN_ENV).is_some() {
+        return None;
+    }
     let local = workspace_root().join(".mediamesh/venv/bin/nats-server");
     local.exists().then_some(local)
 }

@@ -73,7 +73,7 @@ pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<
     };
 
     let api = api::IngestApi::new(store.clone(), blob, scheduler.clone(), config.clone());
-    let proxy = proxy::JobProxy::new(scheduler);
+    let proxy = proxy::JobProxy::new(scheduler, shutdown.clone());
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, "ingest listening");
     tonic::transport::Server::builder()

@@ -4,25 +4,27 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+use mediamesh_core::tenant_of;
 use mediamesh_proto::v1 as pb;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
 use mediamesh_proto::v1::job_service_server::JobService;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-
-use mediamesh_core::tenant_of;
 
 use crate::api::forward;
 
 #[derive(Clone)]
 pub struct JobProxy {
     scheduler: JobServiceClient<Channel>,
+    shutdown: CancellationToken,
 }
 
 impl JobProxy {
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: Channel, shutdown: CancellationToken) -> Self {
         Self {
             scheduler: JobServiceClient::new(channel),
+            shutdown,
         }
     }
 }
@@ -56,8 +58,29 @@ impl JobService for JobProxy {
             .clone()
             .watch_job(forward(&tenant, request.into_inner()))
             .await?;
+        // On shutdown the stream ends with UNAVAILABLE so that the server can drain; the client
+        // resumes with the last seq it saw.
+        let mut upstream = response.into_inner();
+        let shutdown = self.shutdown.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down; resume with after_seq"))).await;
+                        return;
+                    }
+                    () = tx.closed() => return,
+                    item = upstream.next() => item,
+                };
+                let Some(item) = item else { return };
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
         Ok(Response::new(
-            Box::pin(response.into_inner().map(|item| item)) as WatchStream
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as WatchStream
         ))
     }
 

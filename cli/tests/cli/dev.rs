@@ -1,8 +1,6 @@
 //! `meshctl dev` as a user runs it: it starts its own nats-server and PostgreSQL, answers
 //! health on all four ports, and on SIGTERM stops cleanly, leaving no process behind.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -1,0 +1,150 @@
+//! The client commands as a program uses them: the real `meshctl` binary against a mesh from
+//! the test kit, `-o json` on every command, exit codes that mean something.
+
+use mediamesh_testkit::{Mesh, Service, fixture};
+use serde_json::Value;
+
+struct Ctl {
+    addr: String,
+}
+
+impl Ctl {
+    async fn run(&self, args: &[&str]) -> (i32, Value) {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .args(args)
+            .args(["-o", "json"])
+            .env("MM_ADDR", &self.addr)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let value: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "meshctl {args:?}: not one JSON document ({e}): {stdout:?} stderr {:?}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        (output.status.code().unwrap_or(-1), value)
+    }
+
+    async fn text(&self, args: &[&str]) -> (i32, String) {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .args(args)
+            .env("MM_ADDR", &self.addr)
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_speaks_json_and_exits_with_meaning() {
+    let mesh = Mesh::start().await.unwrap();
+    let ctl = Ctl {
+        addr: format!("http://{}", mesh.addr(Service::Ingest)),
+    };
+    let photo = fixture("Dragonfly_by_Bolly.jpg");
+
+    let (code, up) = ctl.run(&["upload", "--watch", photo.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{up}");
+    let upload = &up["uploads"][0];
+    let media_id = upload["media"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(upload["media"]["content_type"], "image/jpeg");
+    assert_eq!(upload["media"]["width"], 4224);
+    let jobs = upload["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j["state"] == "SUCCEEDED"), "{up}");
+    let thumbs = jobs.iter().find(|j| j["kind"] == "media.thumbnails").unwrap();
+    let thumbs_id = thumbs["id"].as_str().unwrap().to_owned();
+    let outputs = thumbs["result"]["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 3);
+
+    let (code, got) = ctl.run(&["get", &thumbs_id]).await;
+    assert_eq!(code, 0);
+    assert_eq!(got["job"]["state"], "SUCCEEDED");
+    assert_eq!(got["job"]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(got["job"]["attempts"][0]["outcome"], "SUCCEEDED");
+
+    let (code, listed) = ctl.run(&["list", "--media", &media_id]).await;
+    assert_eq!(code, 0);
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 2);
+    let (_, succeeded) = ctl
+        .run(&["list", "--state", "succeeded", "--kind", "media.probe"])
+        .await;
+    assert_eq!(succeeded["jobs"].as_array().unwrap().len(), 1);
+
+    let (code, media) = ctl.run(&["media", &media_id]).await;
+    assert_eq!(code, 0);
+    let derivatives = media["media"]["derivatives"].as_array().unwrap();
+    let medium = derivatives.iter().find(|d| d["name"] == "medium").unwrap();
+    assert_eq!(
+        (medium["width"].as_u64(), medium["height"].as_u64()),
+        (Some(800), Some(600))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.jpg");
+    let (code, downloaded) = ctl
+        .run(&["download", &media_id, "medium", "-O", out.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{downloaded}");
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(bytes.len() as u64, medium["bytes"].as_u64().unwrap());
+    assert_eq!(&bytes[..2], &[0xFF, 0xD8], "a JPEG");
+
+    let (code, submitted) = ctl
+        .run(&["submit", "--kind", "media.probe", "--media", &media_id, "--watch"])
+        .await;
+    assert_eq!(code, 0, "{submitted}");
+    assert_eq!(submitted["job"]["state"], "SUCCEEDED");
+    assert_eq!(submitted["job"]["result"]["metadata"]["format"], "jpeg");
+    let (code, watched) = ctl.run(&["watch", submitted["job"]["id"].as_str().unwrap()]).await;
+    assert_eq!(code, 0);
+    assert_eq!(watched["job"]["state"], "SUCCEEDED");
+
+    let (code, stats) = ctl.run(&["stats"]).await;
+    assert_eq!(code, 0);
+    let probe = stats["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "media.probe")
+        .unwrap();
+    assert_eq!(probe["succeeded"], 2);
+
+    // Errors: a stable code in the JSON, a non-zero exit.
+    let (code, refused) = ctl.run(&["cancel", &thumbs_id]).await;
+    assert_eq!(code, 1);
+    assert_eq!(refused["error"]["code"], "BAD_INPUT", "{refused}");
+    let (code, refused) = ctl.run(&["retry", &thumbs_id]).await;
+    assert_eq!(code, 1);
+    assert_eq!(refused["error"]["code"], "BAD_INPUT");
+    let (code, missing) = ctl.run(&["get", "01a20000-0000-7000-8000-000000000000"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(missing["error"]["code"], "NOT_FOUND");
+    let empty = dir.path().join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    let (code, refused) = ctl.run(&["upload", empty.to_str().unwrap()]).await;
+    assert_eq!(code, 2);
+    assert_eq!(refused["uploads"][0]["error"]["code"], "BAD_INPUT", "{refused}");
+
+    // Text for people: the job lines name the state and the outputs.
+    let (code, text) = ctl.text(&["list", "--media", &media_id]).await;
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("media.thumbnails") && text.contains("SUCCEEDED") && text.contains("medium=800x600"),
+        "{text}"
+    );
+    let (code, health) = ctl.run(&["health"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(health["serving"], true);
+
+    mesh.shutdown().await.unwrap();
+    let (code, down) = ctl.run(&["health"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(down["serving"], false);
+}
