@@ -7,6 +7,7 @@ mod bad_input;
 mod control;
 mod photos;
 mod restart;
+mod semantics;
 mod surface;
 
 use std::time::Duration;
