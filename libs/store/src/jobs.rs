@@ -415,25 +415,26 @@ impl Store {
         Ok(Some(CompletedTransition { event }))
     }
 
-    /// FAILED or CANCELLED -> QUEUED with a fresh attempt budget.
-    pub async fn retry_job(&self, tenant: &str, job_id: Uuid) -> Result<Option<CompletedTransition>> {
+    /// FAILED or CANCELLED -> QUEUED with a fresh attempt budget. Returns the job as the
+    /// retry left it, with the event.
+    pub async fn retry_job(&self, tenant: &str, job_id: Uuid) -> Result<Option<(JobRow, CompletedTransition)>> {
         let mut tx = self.pool().begin().await?;
-        let attempt: Option<i32> = sqlx::query_scalar(
+        let row: Option<JobRow> = sqlx::query_as(
             "UPDATE scheduler.jobs SET state = 'QUEUED', max_attempts = attempt + budget, \
                run_at = now(), dispatched_at = NULL, finished_at = NULL, error_code = NULL, \
                error_message = NULL, result = NULL, updated_at = now() \
-             WHERE tenant = $1 AND id = $2 AND state IN ('FAILED', 'CANCELLED') RETURNING attempt",
+             WHERE tenant = $1 AND id = $2 AND state IN ('FAILED', 'CANCELLED') RETURNING *",
         )
         .bind(tenant)
         .bind(job_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(attempt) = attempt else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        let event = insert_event(&mut tx, job_id, JobState::Queued, attempt).await?;
+        let event = insert_event(&mut tx, job_id, JobState::Queued, row.attempt).await?;
         tx.commit().await?;
-        Ok(Some(CompletedTransition { event }))
+        Ok(Some((row, CompletedTransition { event })))
     }
 
     pub async fn queue_counts(&self, tenant: &str) -> Result<Vec<QueueCounts>> {

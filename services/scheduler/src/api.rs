@@ -313,10 +313,12 @@ impl JobService for JobApi {
     async fn retry_job(&self, request: Request<pb::RetryJobRequest>) -> Result<Response<pb::RetryJobResponse>, Status> {
         let tenant = tenant_of(&request);
         let id = parse_id("job_id", &request.get_ref().job_id)?;
-        match self.store.retry_job(&tenant, id).await.map_err(Error::from)? {
-            Some(transition) => {
+        let retried = match self.store.retry_job(&tenant, id).await.map_err(Error::from)? {
+            Some((row, transition)) => {
                 self.wake.notify_one();
                 self.transition_done(id, &transition.event).await;
+                let attempts = self.store.attempts(id).await.map_err(Error::from)?;
+                job_to_proto(&row, &attempts)
             }
             None => {
                 let job = self.load(&tenant, id).await?;
@@ -327,9 +329,8 @@ impl JobService for JobApi {
                 ))
                 .into());
             }
-        }
-        let job = self.load(&tenant, id).await?;
-        Ok(Response::new(pb::RetryJobResponse { job: Some(job) }))
+        };
+        Ok(Response::new(pb::RetryJobResponse { job: Some(retried) }))
     }
 
     async fn get_queue_stats(
