@@ -64,15 +64,32 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
             payload,
             priority,
             idempotency_key,
+            max_attempts,
+            timeout_ms,
+            delay,
+            depends_on,
+            on_dependency_failure,
             watch,
         } => {
+            let on_dependency_failure = match on_dependency_failure.to_ascii_lowercase().as_str() {
+                "fail" => pb::DependencyPolicy::Fail,
+                "skip" => pb::DependencyPolicy::Skip,
+                "continue" => pb::DependencyPolicy::Continue,
+                other => bail!("--on-dependency-failure {other:?}: expected fail, skip or continue"),
+            };
             let spec = pb::JobSpec {
                 kind,
                 media_id: media,
                 payload_json: payload,
                 priority,
                 idempotency_key,
-                ..Default::default()
+                max_attempts,
+                timeout_ms,
+                run_at: delay.map(|secs| {
+                    mediamesh_core::to_timestamp(chrono::Utc::now() + chrono::Duration::seconds(secs as i64))
+                }),
+                depends_on,
+                on_dependency_failure: on_dependency_failure as i32,
             };
             let response = c
                 .ingest
@@ -153,15 +170,56 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
                 .ok_or_else(|| anyhow!("no job"))?;
             print(output, &json!({ "job": job_json(&job) }), || job_line(&job));
         }
-        Command::Retry { job_id } => {
-            let job = c
-                .jobs
-                .retry_job(pb::RetryJobRequest { job_id })
-                .await?
-                .into_inner()
-                .job
-                .ok_or_else(|| anyhow!("no job"))?;
-            print(output, &json!({ "job": job_json(&job) }), || job_line(&job));
+        Command::Retry {
+            job_id,
+            failed: _,
+            cancelled,
+            kind,
+            code,
+            since,
+            limit,
+            dry_run,
+        } => {
+            if let Some(job_id) = job_id {
+                let job = c
+                    .jobs
+                    .retry_job(pb::RetryJobRequest { job_id })
+                    .await?
+                    .into_inner()
+                    .job
+                    .ok_or_else(|| anyhow!("no job"))?;
+                print(output, &json!({ "job": job_json(&job) }), || job_line(&job));
+            } else {
+                let error_code = match code {
+                    None => pb::ErrorCode::Unspecified,
+                    Some(code) => {
+                        let name = format!("ERROR_CODE_{}", code.to_ascii_uppercase());
+                        pb::ErrorCode::from_str_name(&name).ok_or_else(|| anyhow!("unknown error code {code:?}"))?
+                    }
+                };
+                let request = pb::RetryJobsRequest {
+                    state: if cancelled {
+                        pb::JobState::Cancelled
+                    } else {
+                        pb::JobState::Failed
+                    } as i32,
+                    kind,
+                    error_code: error_code as i32,
+                    finished_after: since.map(|secs| {
+                        mediamesh_core::to_timestamp(chrono::Utc::now() - chrono::Duration::seconds(secs as i64))
+                    }),
+                    finished_before: None,
+                    limit,
+                    dry_run,
+                };
+                let ids = c.jobs.retry_jobs(request).await?.into_inner().job_ids;
+                print(output, &json!({ "job_ids": ids, "dry_run": dry_run }), || {
+                    let verb = if dry_run { "would retry" } else { "retried" };
+                    let mut lines = vec![format!("{verb} {} job(s)", ids.len())];
+                    lines.extend(ids.iter().cloned());
+                    lines.join("\n")
+                });
+            }
         }
         Command::Stats => {
             let stats = c
@@ -173,16 +231,41 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
             let value = json!({ "stats": stats.iter().map(|s| json!({
                 "queue": s.queue, "kind": s.kind, "queued": s.queued, "scheduled": s.scheduled,
                 "running": s.running, "succeeded": s.succeeded, "failed": s.failed, "cancelled": s.cancelled,
+                "succeeded_per_minute": s.succeeded_per_minute, "failed_per_minute": s.failed_per_minute,
+                "oldest_wait_seconds": s.oldest_wait_seconds, "mean_run_seconds": s.mean_run_seconds,
             })).collect::<Vec<_>>() });
             print(output, &value, || {
-                let mut lines = vec![format!(
-                    "{:<10} {:<18} {:>7} {:>9} {:>7} {:>9} {:>6} {:>9}",
-                    "QUEUE", "KIND", "QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
-                )];
+                let header = format!(
+                    "{:<10} {:<18} {:>7} {:>9} {:>7} {:>9} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8}",
+                    "QUEUE",
+                    "KIND",
+                    "QUEUED",
+                    "SCHEDULED",
+                    "RUNNING",
+                    "SUCCEEDED",
+                    "FAILED",
+                    "CANCELLED",
+                    "OK/MIN",
+                    "FAIL/MIN",
+                    "WAIT_S",
+                    "RUN_S"
+                );
+                let mut lines = vec![header];
                 for s in &stats {
                     lines.push(format!(
-                        "{:<10} {:<18} {:>7} {:>9} {:>7} {:>9} {:>6} {:>9}",
-                        s.queue, s.kind, s.queued, s.scheduled, s.running, s.succeeded, s.failed, s.cancelled
+                        "{:<10} {:<18} {:>7} {:>9} {:>7} {:>9} {:>6} {:>9} {:>8.1} {:>8.1} {:>8.1} {:>8.2}",
+                        s.queue,
+                        s.kind,
+                        s.queued,
+                        s.scheduled,
+                        s.running,
+                        s.succeeded,
+                        s.failed,
+                        s.cancelled,
+                        s.succeeded_per_minute,
+                        s.failed_per_minute,
+                        s.oldest_wait_seconds,
+                        s.mean_run_seconds
                     ));
                 }
                 lines.join("\n")

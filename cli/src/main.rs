@@ -41,11 +41,11 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Submit a job on an uploaded media
+    /// Submit a job (on an uploaded media, or over other jobs for `aggregate`)
     Submit {
         #[arg(long)]
         kind: String,
-        #[arg(long)]
+        #[arg(long, default_value = "")]
         media: String,
         /// Parameters as a JSON object
         #[arg(long, default_value = "")]
@@ -54,6 +54,21 @@ pub enum Command {
         priority: u32,
         #[arg(long, default_value = "")]
         idempotency_key: String,
+        /// Attempt budget (0: the kind's default)
+        #[arg(long, default_value_t = 0)]
+        max_attempts: u32,
+        /// Per-attempt timeout in ms (0: the kind's default)
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u64,
+        /// Start no earlier than this many seconds from now
+        #[arg(long)]
+        delay: Option<u64>,
+        /// A job id this one waits for (repeat for several)
+        #[arg(long = "depends-on")]
+        depends_on: Vec<String>,
+        /// What a failed dependency does to this job: fail, skip or continue
+        #[arg(long, default_value = "fail")]
+        on_dependency_failure: String,
         #[arg(long)]
         watch: bool,
     },
@@ -75,9 +90,34 @@ pub enum Command {
     Watch { job_id: String },
     /// Cancel a job
     Cancel { job_id: String },
-    /// Run a failed or cancelled job again
-    Retry { job_id: String },
-    /// Job counts per queue, kind and state
+    /// Run a failed or cancelled job again, or with --failed / --cancelled every one that
+    /// matches the filters (like `queue:retry all`)
+    Retry {
+        #[arg(required_unless_present_any = ["failed", "cancelled"], conflicts_with_all = ["failed", "cancelled"])]
+        job_id: Option<String>,
+        /// Retry the FAILED jobs that match the filters
+        #[arg(long)]
+        failed: bool,
+        /// Retry the CANCELLED jobs that match the filters
+        #[arg(long, conflicts_with = "failed")]
+        cancelled: bool,
+        /// Only jobs of this kind
+        #[arg(long, default_value = "")]
+        kind: String,
+        /// Only jobs that failed with this error code (TIMEOUT, PROVIDER_DOWN, ...)
+        #[arg(long)]
+        code: Option<String>,
+        /// Only jobs that ended in the last this-many seconds
+        #[arg(long)]
+        since: Option<u64>,
+        /// At most this many jobs (1..=1000)
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// List the jobs that would be retried, without retrying them
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Job counts per queue, kind and state, with throughput and waits
     Stats,
     /// Show a media with its derivatives and jobs
     Media { media_id: String },

@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod control;
+mod jobs;
 mod photos;
 mod restart;
 mod semantics;

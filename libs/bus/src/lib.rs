@@ -8,6 +8,7 @@
 //! | `mm.events.<job id>` | stream `MM_EVENTS` (work queue) | started / succeeded / failed reports from workers |
 //! | `mm.updates.<job id>` | core NATS | state changes and progress for `WatchJob` |
 //! | `mm.cancel.<job id>` | core NATS | stop a running job |
+//! | `mm.cancelled.<job id>` | stream `MM_CANCELLED` (last per subject) | jobs cancelled by request, checked before a job starts |
 
 mod messages;
 
@@ -25,6 +26,7 @@ pub use async_nats;
 pub const JOBS_STREAM: &str = "MM_JOBS";
 pub const EVENTS_STREAM: &str = "MM_EVENTS";
 pub const EVENTS_CONSUMER: &str = "scheduler-events";
+pub const CANCELLED_STREAM: &str = "MM_CANCELLED";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -105,8 +107,22 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Creates the streams if they do not exist (idempotent: every service calls it at start).
+    /// Creates the streams and the cancellation bucket if they do not exist (idempotent: every
+    /// service calls it at start).
     pub async fn ensure_streams(&self) -> Result<()> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: CANCELLED_STREAM.to_owned(),
+                subjects: vec!["mm.cancelled.*".to_owned()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                max_messages_per_subject: 1,
+                max_age: Duration::from_secs(24 * 3600),
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(js_err)?;
         for (name, subjects) in [(JOBS_STREAM, "mm.jobs.>"), (EVENTS_STREAM, "mm.events.>")] {
             self.js
                 .get_or_create_stream(stream::Config {
@@ -226,6 +242,38 @@ impl Bus {
             .await
             .map_err(|e| Error::Publish(e.to_string()))?;
         self.client.flush().await.map_err(|e| Error::Publish(e.to_string()))
+    }
+
+    /// Records that the job was cancelled at `attempt`, then asks whichever worker runs it to
+    /// stop.
+    /// The record (`mm.cancelled.<job id>`, stream `MM_CANCELLED`, the last message per job,
+    /// kept a day) is what a worker checks before it starts a delivery, so a job cancelled
+    /// while its message waited in JetStream never runs.
+    pub async fn cancel(&self, job_id: Uuid, attempt: u32) -> Result<()> {
+        self.js
+            .publish(format!("mm.cancelled.{job_id}"), Bytes::from(attempt.to_string()))
+            .await
+            .map_err(|e| Error::Publish(e.to_string()))?
+            .await
+            .map_err(|e| Error::Publish(e.to_string()))?;
+        self.publish_cancel(job_id).await
+    }
+
+    /// Whether the job was cancelled at or after `attempt` (a retry after the cancel runs a
+    /// later attempt, which is not cancelled).
+    pub async fn is_cancelled(&self, job_id: Uuid, attempt: u32) -> Result<bool> {
+        let stream = self.js.get_stream(CANCELLED_STREAM).await.map_err(js_err)?;
+        match stream
+            .get_last_raw_message_by_subject(&format!("mm.cancelled.{job_id}"))
+            .await
+        {
+            Ok(message) => Ok(std::str::from_utf8(&message.payload)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .is_some_and(|cancelled_at| cancelled_at >= attempt)),
+            Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(err) => Err(js_err(err)),
+        }
     }
 
     pub async fn subscribe_cancels(&self) -> Result<async_nats::Subscriber> {

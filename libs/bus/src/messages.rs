@@ -14,6 +14,10 @@ pub struct JobMessage {
     #[serde(default)]
     pub payload: serde_json::Value,
     pub timeout_ms: u64,
+    /// The attempt budget: a delivery whose attempt would exceed it is not run (a job that
+    /// keeps killing its workers ends FAILED instead of looping).
+    #[serde(default)]
+    pub max_attempts: u32,
 }
 
 /// What a worker reports about an attempt, on `mm.events.<job id>`.

@@ -20,10 +20,11 @@ pub enum ErrorCode {
     Cancelled,
     Unavailable,
     Internal,
+    DependencyFailed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         Self::BadInput,
         Self::Unsupported,
         Self::TooLarge,
@@ -36,6 +37,7 @@ impl ErrorCode {
         Self::Cancelled,
         Self::Unavailable,
         Self::Internal,
+        Self::DependencyFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +54,7 @@ impl ErrorCode {
             Self::Cancelled => "CANCELLED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
+            Self::DependencyFailed => "DEPENDENCY_FAILED",
         }
     }
 
@@ -73,7 +76,8 @@ impl ErrorCode {
             | Self::TooLarge
             | Self::NotFound
             | Self::BudgetExceeded
-            | Self::Cancelled => false,
+            | Self::Cancelled
+            | Self::DependencyFailed => false,
         }
     }
 
@@ -91,6 +95,7 @@ impl ErrorCode {
             Self::Cancelled => tonic::Code::Cancelled,
             Self::Unavailable => tonic::Code::Unavailable,
             Self::Internal => tonic::Code::Internal,
+            Self::DependencyFailed => tonic::Code::FailedPrecondition,
         }
     }
 
@@ -108,6 +113,7 @@ impl ErrorCode {
             Self::Cancelled => pb::ErrorCode::Cancelled,
             Self::Unavailable => pb::ErrorCode::Unavailable,
             Self::Internal => pb::ErrorCode::Internal,
+            Self::DependencyFailed => pb::ErrorCode::DependencyFailed,
         }
     }
 
@@ -177,6 +183,14 @@ impl Error {
         Self::new(ErrorCode::Internal, message)
     }
 
+    /// The same error, its message prefixed with where it happened (`jobs[3]: ...`).
+    pub fn context(self, at: &str) -> Self {
+        Self {
+            code: self.code,
+            message: format!("{at}: {}", self.message),
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, message)
     }
@@ -229,6 +243,7 @@ impl TryFrom<pb::ErrorCode> for ErrorCode {
             pb::ErrorCode::Cancelled => Self::Cancelled,
             pb::ErrorCode::Unavailable => Self::Unavailable,
             pb::ErrorCode::Internal => Self::Internal,
+            pb::ErrorCode::DependencyFailed => Self::DependencyFailed,
         })
     }
 }

@@ -25,6 +25,9 @@ pub enum JobKind {
     InferenceGenerateImage,
     InferenceExtract,
     Aggregate,
+    /// Sleeps, optionally in a subprocess, then succeeds or fails as its payload says. Only
+    /// accepted when the services run with `MM_ENABLE_TEST_KINDS=true`: the fault tests use it.
+    TestSleep,
 }
 
 /// The JetStream queue (subject suffix and durable consumer) a kind runs on.
@@ -46,7 +49,7 @@ impl Queue {
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 12] = [
+    pub const ALL: [JobKind; 13] = [
         Self::MediaProbe,
         Self::MediaThumbnails,
         Self::MediaWaveform,
@@ -59,6 +62,7 @@ impl JobKind {
         Self::InferenceGenerateImage,
         Self::InferenceExtract,
         Self::Aggregate,
+        Self::TestSleep,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +79,7 @@ impl JobKind {
             Self::InferenceGenerateImage => "inference.generate_image",
             Self::InferenceExtract => "inference.extract",
             Self::Aggregate => "aggregate",
+            Self::TestSleep => "test.sleep",
         }
     }
 
@@ -95,7 +100,8 @@ impl JobKind {
             | Self::MediaThumbnails
             | Self::MediaWaveform
             | Self::MediaVideoThumbnail
-            | Self::MediaVideoPreview => Queue::Media,
+            | Self::MediaVideoPreview
+            | Self::TestSleep => Queue::Media,
             Self::InferenceTranscribe
             | Self::InferenceDescribeImage
             | Self::InferenceEnhanceImage
@@ -109,7 +115,17 @@ impl JobKind {
     /// Whether this build has a worker for the kind. Submitting one that has none is
     /// `UNSUPPORTED`, so that no job waits forever for a worker that does not exist.
     pub fn is_available(self) -> bool {
-        matches!(self, Self::MediaProbe | Self::MediaThumbnails)
+        matches!(self, Self::MediaProbe | Self::MediaThumbnails | Self::Aggregate)
+    }
+
+    /// Kinds that exist for tests only and are refused unless test kinds are enabled.
+    pub fn is_test(self) -> bool {
+        matches!(self, Self::TestSleep)
+    }
+
+    /// Whether the kind works on a media (and so needs a `media_id`).
+    pub fn needs_media(self) -> bool {
+        !matches!(self, Self::Aggregate | Self::TestSleep)
     }
 
     pub fn default_max_attempts(self) -> u32 {

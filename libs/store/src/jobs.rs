@@ -27,6 +27,8 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub pending_deps: i32,
+    pub on_dependency_failure: String,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -63,6 +65,9 @@ pub struct NewJob {
     pub timeout_ms: i64,
     pub run_at: DateTime<Utc>,
     pub idempotency_key: Option<String>,
+    pub depends_on: Vec<Uuid>,
+    /// FAIL, SKIP or CONTINUE.
+    pub on_dependency_failure: String,
 }
 
 /// A job claimed for dispatch: its new attempt has been committed, the message is still to send.
@@ -77,6 +82,73 @@ pub struct DueJob {
     pub attempt: i32,
     pub timeout_ms: i64,
     pub priority: i16,
+    pub max_attempts: i32,
+}
+
+/// What the dispatcher may claim in one round for one queue.
+#[derive(Clone, Copy, Debug)]
+pub struct DispatchLimits {
+    /// Jobs to claim, at most.
+    pub batch: i64,
+    /// Jobs of the queue dispatched and not finished, at most.
+    pub max_in_flight: i64,
+    /// Jobs of the queue dispatched and not started yet, at most.
+    pub prefetch: i64,
+    /// Jobs of one tenant dispatched and not finished, at most (0: no cap).
+    pub per_tenant: i64,
+    /// Seconds of waiting worth one priority level (0: no aging).
+    pub aging_secs: f64,
+}
+
+/// Which finished jobs `retry_jobs` takes.
+#[derive(Clone, Debug)]
+pub struct RetryFilter {
+    pub tenant: String,
+    /// FAILED or CANCELLED.
+    pub state: JobState,
+    pub kind: Option<String>,
+    pub error_code: Option<String>,
+    pub finished_after: Option<DateTime<Utc>>,
+    pub finished_before: Option<DateTime<Utc>>,
+    pub limit: i64,
+    pub dry_run: bool,
+}
+
+/// How many finished jobs to keep per tenant and state, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionPolicy {
+    pub succeeded: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub max_age_secs: f64,
+    /// Jobs deleted per call, at most.
+    pub batch: i64,
+}
+
+/// What one retention pass deleted: the jobs, and the output blobs no remaining job refers to.
+#[derive(Clone, Debug, Default)]
+pub struct Pruned {
+    pub jobs: Vec<Uuid>,
+    pub orphaned_blobs: Vec<String>,
+}
+
+/// A dependency of an aggregate, as it ended.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ChildResult {
+    pub id: Uuid,
+    pub kind: String,
+    pub state: String,
+    pub result: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct QueueRates {
+    pub queue: String,
+    pub kind: String,
+    pub succeeded_5m: i64,
+    pub failed_5m: i64,
+    pub oldest_wait_secs: Option<f64>,
+    pub mean_run_secs: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -97,10 +169,19 @@ pub struct QueueCounts {
     pub count: i64,
 }
 
-/// A transition that took effect: the event row it wrote.
+/// A transition that took effect: the event row it wrote, and those of the jobs that depend
+/// on it and ended because of it (a failed dependency).
 #[derive(Clone, Debug)]
 pub struct CompletedTransition {
     pub event: JobEventRow,
+    pub cascaded: Vec<JobEventRow>,
+}
+
+impl CompletedTransition {
+    /// Every event the transition wrote, its own first.
+    pub fn events(&self) -> impl Iterator<Item = &JobEventRow> {
+        std::iter::once(&self.event).chain(self.cascaded.iter())
+    }
 }
 
 impl Store {
@@ -113,8 +194,9 @@ impl Store {
             let inserted: Option<JobRow> = sqlx::query_as(
                 "INSERT INTO scheduler.jobs \
                  (id, tenant, kind, queue, state, priority, media_id, payload, max_attempts, budget, \
-                  timeout_ms, run_at, idempotency_key) \
-                 VALUES ($1, $2, $3, $4, 'QUEUED', $5, $6, $7, $8, $8, $9, $10, $11) \
+                  timeout_ms, run_at, idempotency_key, on_dependency_failure) \
+                 VALUES ($1, $2, $3, $4, CASE WHEN $10 > now() THEN 'SCHEDULED' ELSE 'QUEUED' END, \
+                   $5, $6, $7, $8, $8, $9, $10, $11, $12) \
                  ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING *",
             )
             .bind(job.id)
@@ -128,14 +210,18 @@ impl Store {
             .bind(job.timeout_ms)
             .bind(job.run_at)
             .bind(&job.idempotency_key)
+            .bind(&job.on_dependency_failure)
             .fetch_optional(&mut *tx)
             .await?;
             match inserted {
                 Some(row) => {
-                    sqlx::query("INSERT INTO scheduler.job_events (job_id, state, attempt) VALUES ($1, 'QUEUED', 0)")
-                        .bind(row.id)
-                        .execute(&mut *tx)
-                        .await?;
+                    let state = JobState::parse(&row.state).unwrap_or(JobState::Queued);
+                    insert_event(&mut tx, row.id, state, 0).await?;
+                    let row = if job.depends_on.is_empty() {
+                        row
+                    } else {
+                        link_dependencies(&mut tx, &row, &job.depends_on).await?
+                    };
                     out.push((row, true));
                 }
                 None => {
@@ -151,6 +237,27 @@ impl Store {
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// The ids a job depends on, in the order they were given.
+    pub async fn dependencies(&self, job_id: Uuid) -> Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT depends_on FROM scheduler.job_dependencies WHERE job_id = $1 ORDER BY depends_on",
+        )
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The dependencies of a job with their outcome and result (what an aggregate combines).
+    pub async fn dependency_results(&self, job_id: Uuid) -> Result<Vec<ChildResult>> {
+        Ok(sqlx::query_as(
+            "SELECT j.id, j.kind, j.state, j.result FROM scheduler.job_dependencies d \
+             JOIN scheduler.jobs j ON j.id = d.depends_on WHERE d.job_id = $1 ORDER BY j.id",
+        )
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     pub async fn get_job(&self, tenant: &str, id: Uuid) -> Result<Option<JobRow>> {
@@ -201,36 +308,71 @@ impl Store {
         )
     }
 
-    /// Claims up to `limit` due jobs of `queue` for dispatch, highest priority first, while the
-    /// queue has fewer than `max_in_flight` jobs dispatched and not finished. Each claimed job's
-    /// attempt is incremented and committed before it is published.
-    pub async fn claim_due_jobs(&self, queue: &str, limit: i64, max_in_flight: i64) -> Result<Vec<DueJob>> {
+    /// Claims due jobs of `queue` for dispatch within `limits`. Tenants take turns (each
+    /// tenant's best job, then each tenant's second best, ...), and within a tenant the highest
+    /// effective priority goes first: the priority plus one level per `aging_secs` waited since
+    /// the job became due, so a low priority is never starved. Each claimed job's attempt is
+    /// incremented and committed before it is published. Schedulers serialize on an advisory
+    /// lock per queue, so two replicas never hand out the same slots.
+    pub async fn claim_due_jobs(&self, queue: &str, limits: DispatchLimits) -> Result<Vec<DueJob>> {
         let mut tx = self.pool().begin().await?;
-        let in_flight: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM scheduler.jobs \
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mediamesh.dispatch.' || $1))")
+            .bind(queue)
+            .execute(&mut *tx)
+            .await?;
+        let (in_flight, waiting): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'QUEUED') FROM scheduler.jobs \
              WHERE queue = $1 AND state IN ('QUEUED', 'RUNNING') AND dispatched_at IS NOT NULL",
         )
         .bind(queue)
         .fetch_one(&mut *tx)
         .await?;
-        let room = (max_in_flight - in_flight).min(limit);
+        let room = (limits.max_in_flight - in_flight)
+            .min(limits.prefetch - waiting)
+            .min(limits.batch);
         if room <= 0 {
             return Ok(Vec::new());
         }
+        let per_tenant = if limits.per_tenant > 0 {
+            limits.per_tenant
+        } else {
+            i64::MAX
+        };
+        let aging = if limits.aging_secs > 0.0 {
+            limits.aging_secs
+        } else {
+            f64::INFINITY
+        };
         let claimed: Vec<DueJob> = sqlx::query_as(
-            "WITH due AS ( \
-               SELECT id FROM scheduler.jobs \
+            "WITH load AS ( \
+               SELECT tenant, count(*) AS n FROM scheduler.jobs \
+               WHERE queue = $1 AND state IN ('QUEUED', 'RUNNING') AND dispatched_at IS NOT NULL \
+               GROUP BY tenant), \
+             due AS ( \
+               SELECT id, tenant, run_at, \
+                 priority + floor(extract(epoch FROM now() - run_at) / $4) AS effective \
+               FROM scheduler.jobs \
                WHERE queue = $1 AND state IN ('QUEUED', 'SCHEDULED') AND dispatched_at IS NULL \
-                 AND run_at <= now() \
-               ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 AND pending_deps = 0 AND run_at <= now()), \
+             ranked AS ( \
+               SELECT id, tenant, run_at, effective, \
+                 row_number() OVER (PARTITION BY tenant ORDER BY effective DESC, run_at, id) AS turn \
+               FROM due), \
+             picked AS ( \
+               SELECT r.id FROM ranked r LEFT JOIN load l ON l.tenant = r.tenant \
+               WHERE r.turn <= $3 - coalesce(l.n, 0) \
+               ORDER BY r.turn, r.effective DESC, r.run_at, r.id LIMIT $2) \
              UPDATE scheduler.jobs j SET attempt = j.attempt + 1, state = 'QUEUED', \
                dispatched_at = now(), updated_at = now() \
-             FROM due WHERE j.id = due.id \
+             FROM picked WHERE j.id = picked.id \
+               AND j.state IN ('QUEUED', 'SCHEDULED') AND j.dispatched_at IS NULL \
              RETURNING j.id, j.tenant, j.kind, j.queue, j.media_id, j.payload, j.attempt, \
-               j.timeout_ms, j.priority",
+               j.timeout_ms, j.priority, j.max_attempts",
         )
         .bind(queue)
         .bind(room)
+        .bind(per_tenant)
+        .bind(aging)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -246,7 +388,8 @@ impl Store {
                SELECT id FROM scheduler.jobs WHERE queue = $1 AND state = 'QUEUED' \
                  AND dispatched_at < now() - make_interval(secs => $2) \
                ORDER BY dispatched_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, tenant, kind, queue, media_id, payload, attempt, timeout_ms, priority",
+             RETURNING id, tenant, kind, queue, media_id, payload, attempt, timeout_ms, priority, \
+               max_attempts",
         )
         .bind(queue)
         .bind(older_than_secs)
@@ -255,8 +398,10 @@ impl Store {
         .await?)
     }
 
-    /// QUEUED -> RUNNING for this attempt, and the attempt's record. Returns the event when the
-    /// job changed state; a late or repeated report changes nothing.
+    /// QUEUED -> RUNNING for this attempt, and the attempt's record. A later attempt of a job
+    /// that is already running is a redelivery (its worker died or went silent past
+    /// `ack_wait`): the lost attempt is closed as UNAVAILABLE and the job moves on to the new
+    /// one. Returns the event when the job changed; a late or repeated report changes nothing.
     pub async fn mark_started(
         &self,
         job_id: Uuid,
@@ -265,22 +410,36 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Option<CompletedTransition>> {
         let mut tx = self.pool().begin().await?;
-        let changed = sqlx::query(
-            "UPDATE scheduler.jobs SET state = 'RUNNING', updated_at = now() \
-             WHERE id = $1 AND attempt = $2 AND state = 'QUEUED'",
+        let previous: Option<(i32, String)> = sqlx::query_as(
+            "WITH old AS (SELECT attempt, state FROM scheduler.jobs WHERE id = $1 FOR UPDATE) \
+             UPDATE scheduler.jobs j SET state = 'RUNNING', attempt = $2, updated_at = now() FROM old \
+             WHERE j.id = $1 AND ((old.state = 'QUEUED' AND old.attempt = $2) \
+               OR (old.state IN ('QUEUED', 'RUNNING') AND old.attempt < $2)) \
+             RETURNING old.attempt, old.state",
         )
         .bind(job_id)
         .bind(attempt)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // A redelivery of the same attempt to another worker updates who runs it.
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((previous_attempt, _)) = previous else {
+            return Ok(None);
+        };
+        if previous_attempt < attempt {
+            sqlx::query(
+                "UPDATE scheduler.attempts SET finished_at = $3, outcome = 'FAILED', \
+                   error_code = 'UNAVAILABLE', \
+                   error_message = 'worker ' || worker_id || ' stopped reporting; the job was delivered again' \
+                 WHERE job_id = $1 AND attempt < $2 AND finished_at IS NULL",
+            )
+            .bind(job_id)
+            .bind(attempt)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "INSERT INTO scheduler.attempts (job_id, attempt, worker_id, started_at, outcome) \
-             SELECT $1, $2, $3, $4, 'RUNNING' FROM scheduler.jobs \
-               WHERE id = $1 AND attempt = $2 AND state = 'RUNNING' \
-             ON CONFLICT (job_id, attempt) DO UPDATE SET worker_id = EXCLUDED.worker_id \
-               WHERE scheduler.attempts.finished_at IS NULL",
+             VALUES ($1, $2, $3, $4, 'RUNNING') ON CONFLICT (job_id, attempt) DO NOTHING",
         )
         .bind(job_id)
         .bind(attempt)
@@ -288,13 +447,12 @@ impl Store {
         .bind(at)
         .execute(&mut *tx)
         .await?;
-        let event = if changed == 1 {
-            Some(insert_event(&mut tx, job_id, JobState::Running, attempt).await?)
-        } else {
-            None
-        };
+        let event = insert_event(&mut tx, job_id, JobState::Running, attempt).await?;
         tx.commit().await?;
-        Ok(event.map(|event| CompletedTransition { event }))
+        Ok(Some(CompletedTransition {
+            event,
+            cascaded: Vec::new(),
+        }))
     }
 
     /// Records a successful attempt: RUNNING (or QUEUED, when the start report was lost) ->
@@ -325,8 +483,9 @@ impl Store {
         }
         finish_attempt(&mut tx, job_id, attempt, worker_id, at, "SUCCEEDED", None, None).await?;
         let event = insert_event(&mut tx, job_id, JobState::Succeeded, attempt).await?;
+        let cascaded = settle_dependents(&mut tx, job_id, JobState::Succeeded).await?;
         tx.commit().await?;
-        Ok(Some(CompletedTransition { event }))
+        Ok(Some(CompletedTransition { event, cascaded }))
     }
 
     /// Records a failed attempt. A retryable failure with attempts left goes to SCHEDULED with
@@ -381,8 +540,13 @@ impl Store {
         .await?;
         let state = JobState::parse(&new_state).unwrap_or(JobState::Failed);
         let event = insert_event(&mut tx, job_id, state, attempt).await?;
+        let cascaded = if state.is_terminal() {
+            settle_dependents(&mut tx, job_id, state).await?
+        } else {
+            Vec::new()
+        };
         tx.commit().await?;
-        Ok(Some(CompletedTransition { event }))
+        Ok(Some(CompletedTransition { event, cascaded }))
     }
 
     /// Any non-terminal state -> CANCELLED. Returns the event when the job changed state.
@@ -411,8 +575,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let event = insert_event(&mut tx, job_id, JobState::Cancelled, attempt).await?;
+        let cascaded = settle_dependents(&mut tx, job_id, JobState::Cancelled).await?;
         tx.commit().await?;
-        Ok(Some(CompletedTransition { event }))
+        Ok(Some(CompletedTransition { event, cascaded }))
     }
 
     /// FAILED or CANCELLED -> QUEUED with a fresh attempt budget. Returns the job as the
@@ -434,7 +599,67 @@ impl Store {
         };
         let event = insert_event(&mut tx, job_id, JobState::Queued, row.attempt).await?;
         tx.commit().await?;
-        Ok(Some((row, CompletedTransition { event })))
+        Ok(Some((
+            row,
+            CompletedTransition {
+                event,
+                cascaded: Vec::new(),
+            },
+        )))
+    }
+
+    /// Retries the FAILED (or CANCELLED) jobs that match, oldest first; with `dry_run` only
+    /// lists them. Returns the ids and the events written.
+    pub async fn retry_jobs(&self, filter: &RetryFilter) -> Result<Vec<(Uuid, Option<JobEventRow>)>> {
+        let mut tx = self.pool().begin().await?;
+        // The filter, shared by both queries (a literal, so that sqlx sees static SQL).
+        macro_rules! matching {
+            () => {
+                "SELECT id FROM scheduler.jobs WHERE tenant = $1 AND state = $2 \
+                 AND ($3::text IS NULL OR kind = $3) AND ($4::text IS NULL OR error_code = $4) \
+                 AND ($5::timestamptz IS NULL OR finished_at >= $5) \
+                 AND ($6::timestamptz IS NULL OR finished_at < $6) \
+                 ORDER BY finished_at, id LIMIT $7"
+            };
+        }
+        let query: &'static str = if filter.dry_run {
+            matching!()
+        } else {
+            concat!(
+                "WITH picked AS (",
+                matching!(),
+                " FOR UPDATE SKIP LOCKED) \
+                 UPDATE scheduler.jobs j SET state = 'QUEUED', max_attempts = j.attempt + j.budget, \
+                   run_at = now(), dispatched_at = NULL, finished_at = NULL, error_code = NULL, \
+                   error_message = NULL, result = NULL, updated_at = now() \
+                 FROM picked WHERE j.id = picked.id RETURNING j.id"
+            )
+        };
+        let ids: Vec<Uuid> = sqlx::query_scalar(query)
+            .bind(&filter.tenant)
+            .bind(filter.state.as_str())
+            .bind(filter.kind.as_deref())
+            .bind(filter.error_code.as_deref())
+            .bind(filter.finished_after)
+            .bind(filter.finished_before)
+            .bind(filter.limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if filter.dry_run {
+                out.push((id, None));
+            } else {
+                let attempt: i32 = sqlx::query_scalar("SELECT attempt FROM scheduler.jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let event = insert_event(&mut tx, id, JobState::Queued, attempt).await?;
+                out.push((id, Some(event)));
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     pub async fn queue_counts(&self, tenant: &str) -> Result<Vec<QueueCounts>> {
@@ -446,6 +671,218 @@ impl Store {
         .fetch_all(self.pool())
         .await?)
     }
+
+    /// Per queue and kind: jobs ended SUCCEEDED and FAILED in the last five minutes, the wait
+    /// of the oldest due job, and the mean run time of attempts ended in the last five minutes.
+    pub async fn queue_rates(&self, tenant: &str) -> Result<Vec<QueueRates>> {
+        Ok(sqlx::query_as(
+            "WITH recent AS ( \
+               SELECT queue, kind, count(*) FILTER (WHERE state = 'SUCCEEDED') AS succeeded_5m, \
+                 count(*) FILTER (WHERE state = 'FAILED') AS failed_5m \
+               FROM scheduler.jobs WHERE tenant = $1 AND finished_at > now() - interval '5 minutes' \
+               GROUP BY queue, kind), \
+             waiting AS ( \
+               SELECT queue, kind, extract(epoch FROM now() - min(run_at))::float8 AS oldest_wait_secs \
+               FROM scheduler.jobs WHERE tenant = $1 AND state IN ('QUEUED', 'SCHEDULED') \
+                 AND run_at <= now() GROUP BY queue, kind), \
+             runs AS ( \
+               SELECT j.queue, j.kind, \
+                 avg(extract(epoch FROM a.finished_at - a.started_at))::float8 AS mean_run_secs \
+               FROM scheduler.attempts a JOIN scheduler.jobs j ON j.id = a.job_id \
+               WHERE j.tenant = $1 AND a.finished_at > now() - interval '5 minutes' \
+               GROUP BY j.queue, j.kind) \
+             SELECT queue, kind, coalesce(r.succeeded_5m, 0) AS succeeded_5m, \
+               coalesce(r.failed_5m, 0) AS failed_5m, w.oldest_wait_secs, u.mean_run_secs \
+             FROM recent r FULL JOIN waiting w USING (queue, kind) FULL JOIN runs u USING (queue, kind)",
+        )
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Deletes finished jobs beyond the policy's count per tenant and state, or older than its
+    /// age, except those a job still waiting depends on. Returns them, with the output blob
+    /// keys that no remaining job refers to (the caller deletes those blobs).
+    pub async fn prune_finished(&self, policy: &RetentionPolicy) -> Result<Pruned> {
+        let mut tx = self.pool().begin().await?;
+        let deleted: Vec<(Uuid, Option<serde_json::Value>)> = sqlx::query_as(
+            "WITH ranked AS ( \
+               SELECT id, state, finished_at, \
+                 row_number() OVER (PARTITION BY tenant, state ORDER BY finished_at DESC, id DESC) AS n \
+               FROM scheduler.jobs \
+               WHERE state IN ('SUCCEEDED', 'FAILED', 'CANCELLED') AND finished_at IS NOT NULL), \
+             doomed AS ( \
+               SELECT r.id FROM ranked r \
+               WHERE (r.n > CASE r.state WHEN 'SUCCEEDED' THEN $1 WHEN 'FAILED' THEN $2 ELSE $3 END \
+                   OR r.finished_at < now() - make_interval(secs => $4)) \
+                 AND NOT EXISTS ( \
+                   SELECT 1 FROM scheduler.job_dependencies d JOIN scheduler.jobs p ON p.id = d.job_id \
+                   WHERE d.depends_on = r.id AND p.state IN ('QUEUED', 'SCHEDULED', 'RUNNING')) \
+               LIMIT $5) \
+             DELETE FROM scheduler.jobs j USING doomed WHERE j.id = doomed.id RETURNING j.id, j.result",
+        )
+        .bind(policy.succeeded)
+        .bind(policy.failed)
+        .bind(policy.cancelled)
+        .bind(policy.max_age_secs)
+        .bind(policy.batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut keys: Vec<String> = deleted
+            .iter()
+            .filter_map(|(_, result)| result.as_ref()?.get("outputs")?.as_array().cloned())
+            .flatten()
+            .filter_map(|output| output.get("blob_key")?.as_str().map(str::to_owned))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let still_used: Vec<String> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
+                "SELECT DISTINCT o->>'blob_key' FROM scheduler.jobs j, \
+                   jsonb_array_elements(CASE WHEN jsonb_typeof(j.result->'outputs') = 'array' \
+                     THEN j.result->'outputs' ELSE '[]'::jsonb END) o \
+                 WHERE j.result IS NOT NULL AND o->>'blob_key' = ANY($1)",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
+        keys.retain(|key| !still_used.contains(key));
+        Ok(Pruned {
+            jobs: deleted.into_iter().map(|(id, _)| id).collect(),
+            orphaned_blobs: keys,
+        })
+    }
+}
+
+/// Records the dependencies of a job just inserted. Those already ended are settled at once;
+/// one that ended FAILED or CANCELLED ends the job (policy FAIL or SKIP) before it ever runs.
+async fn link_dependencies(tx: &mut sqlx::PgConnection, row: &JobRow, depends_on: &[Uuid]) -> Result<JobRow> {
+    let mut ids = depends_on.to_vec();
+    ids.sort();
+    ids.dedup();
+    // FOR SHARE waits for a transition of a dependency under way, so that it either ended
+    // before (seen here) or settles this job after (it sees the row inserted below).
+    let found: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, state FROM scheduler.jobs WHERE tenant = $1 AND id = ANY($2) ORDER BY id FOR SHARE")
+            .bind(&row.tenant)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    if found.len() != ids.len() {
+        let missing = ids
+            .iter()
+            .find(|id| !found.iter().any(|(f, _)| f == *id))
+            .map(Uuid::to_string)
+            .unwrap_or_default();
+        return Err(crate::Error::NotFound(format!("depends_on: job {missing} not found")));
+    }
+    let ended = |state: &str| JobState::parse(state).is_ok_and(JobState::is_terminal);
+    let settled: Vec<bool> = found.iter().map(|(_, state)| ended(state)).collect();
+    let found_ids: Vec<Uuid> = found.iter().map(|(id, _)| *id).collect();
+    sqlx::query(
+        "INSERT INTO scheduler.job_dependencies (job_id, depends_on, settled) \
+         SELECT $1, d, s FROM unnest($2::uuid[], $3::bool[]) AS t(d, s)",
+    )
+    .bind(row.id)
+    .bind(&found_ids)
+    .bind(&settled)
+    .execute(&mut *tx)
+    .await?;
+    let pending = i32::try_from(settled.iter().filter(|s| !**s).count()).unwrap_or(i32::MAX);
+    sqlx::query("UPDATE scheduler.jobs SET pending_deps = $2 WHERE id = $1")
+        .bind(row.id)
+        .bind(pending)
+        .execute(&mut *tx)
+        .await?;
+    let failed = found
+        .iter()
+        .find(|(_, state)| state == "FAILED" || state == "CANCELLED");
+    if let Some((dependency, state)) = failed
+        && row.on_dependency_failure != "CONTINUE"
+    {
+        end_for_dependency(&mut *tx, row.id, &row.on_dependency_failure, *dependency, state).await?;
+    }
+    Ok(sqlx::query_as("SELECT * FROM scheduler.jobs WHERE id = $1")
+        .bind(row.id)
+        .fetch_one(&mut *tx)
+        .await?)
+}
+
+/// Ends a waiting job because `dependency` ended `state`: FAILED with DEPENDENCY_FAILED
+/// (policy FAIL) or CANCELLED (policy SKIP). Returns the event when the job changed.
+async fn end_for_dependency(
+    tx: &mut sqlx::PgConnection,
+    job_id: Uuid,
+    policy: &str,
+    dependency: Uuid,
+    state: &str,
+) -> Result<Option<(JobEventRow, JobState)>> {
+    let (new_state, code, message) = if policy == "SKIP" {
+        (
+            JobState::Cancelled,
+            "CANCELLED",
+            format!("skipped: dependency {dependency} ended {state}"),
+        )
+    } else {
+        (
+            JobState::Failed,
+            "DEPENDENCY_FAILED",
+            format!("dependency {dependency} ended {state}"),
+        )
+    };
+    let attempt: Option<i32> = sqlx::query_scalar(
+        "UPDATE scheduler.jobs SET state = $2, error_code = $3, error_message = $4, \
+           finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND state IN ('QUEUED', 'SCHEDULED') AND dispatched_at IS NULL RETURNING attempt",
+    )
+    .bind(job_id)
+    .bind(new_state.as_str())
+    .bind(code)
+    .bind(&message)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match attempt {
+        Some(attempt) => Ok(Some((insert_event(tx, job_id, new_state, attempt).await?, new_state))),
+        None => Ok(None),
+    }
+}
+
+/// After `job_id` ended `state`: counts it off every job that depends on it, and ends those
+/// whose policy says a failed dependency fails or skips them, and so on down the graph.
+async fn settle_dependents(tx: &mut sqlx::PgConnection, job_id: Uuid, state: JobState) -> Result<Vec<JobEventRow>> {
+    let mut events = Vec::new();
+    let mut ended = vec![(job_id, state)];
+    while let Some((dependency, state)) = ended.pop() {
+        let dependents: Vec<(Uuid, String)> = sqlx::query_as(
+            "WITH settled AS ( \
+               UPDATE scheduler.job_dependencies SET settled = true \
+               WHERE depends_on = $1 AND NOT settled RETURNING job_id) \
+             UPDATE scheduler.jobs j SET pending_deps = greatest(j.pending_deps - 1, 0) \
+             FROM settled WHERE j.id = settled.job_id RETURNING j.id, j.on_dependency_failure",
+        )
+        .bind(dependency)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !matches!(state, JobState::Failed | JobState::Cancelled) {
+            continue;
+        }
+        for (dependent, policy) in dependents {
+            if policy == "CONTINUE" {
+                continue;
+            }
+            if let Some((event, new_state)) =
+                end_for_dependency(&mut *tx, dependent, &policy, dependency, state.as_str()).await?
+            {
+                events.push(event);
+                ended.push((dependent, new_state));
+            }
+        }
+    }
+    Ok(events)
 }
 
 async fn insert_event(tx: &mut sqlx::PgConnection, job_id: Uuid, state: JobState, attempt: i32) -> Result<JobEventRow> {

@@ -6,7 +6,10 @@ mod media;
 
 use std::time::Duration;
 
-pub use jobs::{AttemptRow, CompletedTransition, DueJob, JobEventRow, JobFilter, JobRow, NewJob, QueueCounts};
+pub use jobs::{
+    AttemptRow, ChildResult, CompletedTransition, DispatchLimits, DueJob, JobEventRow, JobFilter, JobRow, NewJob,
+    Pruned, QueueCounts, QueueRates, RetentionPolicy, RetryFilter,
+};
 pub use media::{MediaRow, NewMedia};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
@@ -19,15 +22,20 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid database url: {0}")]
     Url(String),
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
 impl From<Error> for mediamesh_core::Error {
     fn from(err: Error) -> Self {
-        tracing::error!(error = %err, "database error");
+        if !matches!(err, Error::NotFound(_)) {
+            tracing::error!(error = %err, "database error");
+        }
         match err {
             Error::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
                 mediamesh_core::Error::unavailable("database unavailable")
             }
+            Error::NotFound(what) => mediamesh_core::Error::not_found(what),
             _ => mediamesh_core::Error::internal("database error"),
         }
     }

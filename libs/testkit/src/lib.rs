@@ -17,10 +17,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+
 pub use mediamesh_inference::InferenceConfig;
 pub use mediamesh_ingest::IngestConfig;
 pub use mediamesh_media::MediaConfig;
-pub use mediamesh_scheduler::SchedulerConfig;
+pub use mediamesh_scheduler::{JobDefaults, KindDefaults, SchedulerConfig};
 
 /// The workspace root (for fixtures and the locally installed nats-server).
 pub fn workspace_root() -> PathBuf {
@@ -128,7 +129,7 @@ impl Mesh {
                 format!("http://{scheduler_addr}"),
             ),
             scheduler: SchedulerConfig::new(scheduler_addr, database_url.clone(), nats.url()),
-            media: MediaConfig::new(addr()?, nats.url(), blob_url),
+            media: MediaConfig::new(addr()?, nats.url(), blob_url.clone()),
             inference: InferenceConfig::new(addr()?, database_url, nats.url()),
         };
         configs.ingest.health_interval_ms = 100;
@@ -136,6 +137,9 @@ impl Mesh {
         configs.scheduler.dispatch_interval_ms = 50;
         configs.scheduler.retry_base_ms = 200;
         configs.scheduler.retry_cap_ms = 2_000;
+        configs.scheduler.enable_test_kinds = true;
+        configs.scheduler.blob_url = blob_url;
+        configs.media.enable_test_kinds = true;
         configs.media.health_interval_ms = 100;
         configs.inference.health_interval_ms = 100;
         tune(&mut configs);

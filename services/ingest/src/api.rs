@@ -20,6 +20,8 @@ use crate::IngestConfig;
 use crate::upload::{self, Staged};
 
 const DOWNLOAD_CHUNK: usize = 256 * 1024;
+/// Jobs in one `SubmitJobs` call, at most.
+const MAX_SUBMIT: usize = 1000;
 
 /// A request to the scheduler on behalf of `tenant`, carrying the trace context.
 pub fn forward<T>(tenant: &str, message: T) -> Request<T> {
@@ -53,6 +55,47 @@ impl IngestApi {
             internal: SchedulerInternalServiceClient::new(scheduler),
             config,
         }
+    }
+
+    /// Checks that each spec's media belongs to the tenant, then has the scheduler commit all
+    /// the jobs in one transaction.
+    async fn submit(&self, tenant: &str, specs: Vec<pb::JobSpec>) -> Result<Vec<pb::SubmitJobResponse>, Status> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, spec) in specs.iter().enumerate() {
+            mediamesh_core::JobKind::parse(&spec.kind).map_err(|e| e.context(&format!("jobs[{i}]")))?;
+            if !spec.media_id.is_empty() {
+                let media_id = parse_id("media_id", &spec.media_id).map_err(|e| e.context(&format!("jobs[{i}]")))?;
+                if seen.insert(media_id) {
+                    self.store
+                        .get_media(tenant, media_id)
+                        .await
+                        .map_err(Error::from)?
+                        .ok_or_else(|| Error::not_found(format!("jobs[{i}]: media {media_id} not found")))?;
+                }
+            }
+        }
+        let count = specs.len();
+        let request = pb::CreateJobsRequest {
+            tenant: tenant.to_owned(),
+            jobs: specs,
+        };
+        let created = self
+            .internal
+            .clone()
+            .create_jobs(forward(tenant, request))
+            .await?
+            .into_inner();
+        if created.jobs.len() != count {
+            return Err(Error::internal("scheduler created a different number of jobs").into());
+        }
+        Ok(created
+            .jobs
+            .into_iter()
+            .map(|c| pb::SubmitJobResponse {
+                job: c.job,
+                existing: c.existing,
+            })
+            .collect())
     }
 
     async fn media_jobs(&self, tenant: &str, media_id: Uuid) -> Result<Vec<pb::Job>, Status> {
@@ -240,34 +283,27 @@ impl IngestService for IngestApi {
             .into_inner()
             .job
             .ok_or_else(|| Error::bad_input("job is required"))?;
-        mediamesh_core::JobKind::parse(&spec.kind)?;
-        if !spec.media_id.is_empty() {
-            let media_id = parse_id("media_id", &spec.media_id)?;
-            self.store
-                .get_media(&tenant, media_id)
-                .await
-                .map_err(Error::from)?
-                .ok_or_else(|| Error::not_found(format!("media {media_id} not found")))?;
-        }
-        let request = pb::CreateJobsRequest {
-            tenant: tenant.clone(),
-            jobs: vec![spec],
-        };
-        let created = self
-            .internal
-            .clone()
-            .create_jobs(forward(&tenant, request))
-            .await?
-            .into_inner();
+        let mut created = self.submit(&tenant, vec![spec]).await?;
         let created = created
-            .jobs
-            .into_iter()
-            .next()
+            .pop()
             .ok_or_else(|| Error::internal("scheduler created no job"))?;
-        Ok(Response::new(pb::SubmitJobResponse {
-            job: created.job,
-            existing: created.existing,
-        }))
+        Ok(Response::new(created))
+    }
+
+    async fn submit_jobs(
+        &self,
+        request: Request<pb::SubmitJobsRequest>,
+    ) -> Result<Response<pb::SubmitJobsResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let specs = request.into_inner().jobs;
+        if specs.is_empty() {
+            return Err(Error::bad_input("jobs is empty").into());
+        }
+        if specs.len() > MAX_SUBMIT {
+            return Err(Error::bad_input(format!("{} jobs in one request; at most {MAX_SUBMIT}", specs.len())).into());
+        }
+        let jobs = self.submit(&tenant, specs).await?;
+        Ok(Response::new(pb::SubmitJobsResponse { jobs }))
     }
 
     async fn get_media(&self, request: Request<pb::GetMediaRequest>) -> Result<Response<pb::GetMediaResponse>, Status> {

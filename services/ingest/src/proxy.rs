@@ -103,6 +103,17 @@ impl JobService for JobProxy {
             .await
     }
 
+    async fn retry_jobs(
+        &self,
+        request: Request<pb::RetryJobsRequest>,
+    ) -> Result<Response<pb::RetryJobsResponse>, Status> {
+        let tenant = tenant_of(&request);
+        self.scheduler
+            .clone()
+            .retry_jobs(forward(&tenant, request.into_inner()))
+            .await
+    }
+
     async fn get_queue_stats(
         &self,
         request: Request<pb::GetQueueStatsRequest>,

@@ -18,6 +18,13 @@ pub struct MediaConfig {
     /// Largest image, in pixels, that a job will decode
     #[arg(long, env = "MM_MAX_PIXELS", default_value_t = 100_000_000)]
     pub max_pixels: u64,
+    /// How long JetStream waits for an ack or a heartbeat before it gives a job to another
+    /// worker (set when the `media` consumer is created)
+    #[arg(long, env = "MM_ACK_WAIT_MS", default_value_t = 30_000)]
+    pub ack_wait_ms: u64,
+    /// Run the test.sleep kind (fault tests only; never in production)
+    #[arg(long, env = "MM_ENABLE_TEST_KINDS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enable_test_kinds: bool,
     /// Time given to jobs under way to finish on shutdown
     #[arg(long, env = "MM_GRACE_MS", default_value_t = 30_000)]
     pub grace_ms: u64,
@@ -34,6 +41,8 @@ impl MediaConfig {
             blob_url,
             worker_concurrency: 0,
             max_pixels: 100_000_000,
+            ack_wait_ms: 30_000,
+            enable_test_kinds: false,
             grace_ms: 30_000,
             health_interval_ms: 1_000,
         }

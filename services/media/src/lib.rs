@@ -4,6 +4,7 @@
 mod api;
 mod config;
 pub mod image_ops;
+mod test_kind;
 mod worker;
 
 use std::time::Duration;
@@ -33,7 +34,15 @@ const SERVICES: &[&str] = &["mediamesh.v1.MediaService"];
 /// before it returns.
 pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(), Error> {
     let blob = Blob::from_url(&config.blob_url)?;
-    let bus = Bus::connect(&config.nats_url, "mediamesh-media", BusConfig::default()).await?;
+    let bus = Bus::connect(
+        &config.nats_url,
+        "mediamesh-media",
+        BusConfig {
+            ack_wait: std::time::Duration::from_millis(config.ack_wait_ms.max(100)),
+            ..BusConfig::default()
+        },
+    )
+    .await?;
     bus.ensure_streams_when_ready(Duration::from_secs(60)).await?;
 
     let worker_stop = CancellationToken::new();

@@ -163,8 +163,36 @@ async fn handle(ctx: &Ctx, message: Message) {
     run_job(ctx, message, job).instrument(span).await;
 }
 
-async fn run_job(ctx: &Ctx, message: Message, job: JobMessage) {
+async fn run_job(ctx: &Ctx, message: Message, mut job: JobMessage) {
+    // A message JetStream delivers again (its worker died or went silent past ack_wait) is a
+    // new attempt: the scheduler closes the lost one and the attempt budget counts both.
+    let delivered = message.info().map_or(1, |info| info.delivered.max(1));
+    let dispatched_attempt = job.attempt;
+    job.attempt = job
+        .attempt
+        .saturating_add(u32::try_from(delivered - 1).unwrap_or(u32::MAX));
     let message = Arc::new(message);
+    let token = CancellationToken::new();
+    // Registered before the cancellation check, so that a cancel arriving after the check
+    // reaches the token.
+    if let Ok(mut running) = ctx.running.lock() {
+        running.insert(job.job_id, token.clone());
+    }
+    match ctx.bus.is_cancelled(job.job_id, dispatched_attempt).await {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::info!("job was cancelled while queued; not running it");
+            forget(ctx, job.job_id);
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot check for cancellation; leaving the job for redelivery");
+            forget(ctx, job.job_id);
+            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            return;
+        }
+    }
     let started = WorkerEvent::Started {
         job_id: job.job_id,
         attempt: job.attempt,
@@ -173,12 +201,21 @@ async fn run_job(ctx: &Ctx, message: Message, job: JobMessage) {
     };
     if let Err(err) = ctx.bus.publish_event(&started).await {
         tracing::warn!(error = %err, "cannot report start; leaving the job for redelivery");
+        forget(ctx, job.job_id);
         let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
         return;
     }
-    let token = CancellationToken::new();
-    if let Ok(mut running) = ctx.running.lock() {
-        running.insert(job.job_id, token.clone());
+    if job.max_attempts > 0 && job.attempt > job.max_attempts {
+        forget(ctx, job.job_id);
+        let err = Error::new(
+            ErrorCode::Unavailable,
+            format!(
+                "attempt budget of {} spent: the job was delivered {delivered} times without an outcome (its workers died or went silent)",
+                job.max_attempts
+            ),
+        );
+        report(ctx, &message, &job, Err(err), false).await;
+        return;
     }
     let heartbeat = {
         let message = Arc::clone(&message);
@@ -202,33 +239,47 @@ async fn run_job(ctx: &Ctx, message: Message, job: JobMessage) {
         () = token.cancelled() => Err(Error::new(ErrorCode::Cancelled, "cancelled by request")),
     };
     heartbeat.abort();
-    if let Ok(mut running) = ctx.running.lock() {
-        running.remove(&job.job_id);
-    }
+    forget(ctx, job.job_id);
     let elapsed_ms = started_at.elapsed().as_millis();
+    match &outcome {
+        Ok(_) => tracing::info!(elapsed_ms, "job succeeded"),
+        Err(err) => tracing::warn!(elapsed_ms, code = %err.code, error = %err.message, "job failed"),
+    }
+    report(ctx, &message, &job, outcome, true).await;
+}
+
+fn forget(ctx: &Ctx, job_id: Uuid) {
+    if let Ok(mut running) = ctx.running.lock() {
+        running.remove(&job_id);
+    }
+}
+
+/// Reports the outcome to `MM_EVENTS`, then acks the job message. A failure is retryable when
+/// its code is and `retryable` allows it.
+async fn report(
+    ctx: &Ctx,
+    message: &Message,
+    job: &JobMessage,
+    outcome: Result<serde_json::Value, Error>,
+    retryable: bool,
+) {
     let event = match outcome {
-        Ok(result) => {
-            tracing::info!(elapsed_ms, "job succeeded");
-            WorkerEvent::Succeeded {
-                job_id: job.job_id,
-                attempt: job.attempt,
-                worker_id: ctx.worker_id.clone(),
-                at: Utc::now(),
-                result,
-            }
-        }
-        Err(err) => {
-            tracing::warn!(elapsed_ms, code = %err.code, error = %err.message, "job failed");
-            WorkerEvent::Failed {
-                job_id: job.job_id,
-                attempt: job.attempt,
-                worker_id: ctx.worker_id.clone(),
-                at: Utc::now(),
-                code: err.code.as_str().to_owned(),
-                message: err.message,
-                retryable: err.code.is_retryable(),
-            }
-        }
+        Ok(result) => WorkerEvent::Succeeded {
+            job_id: job.job_id,
+            attempt: job.attempt,
+            worker_id: ctx.worker_id.clone(),
+            at: Utc::now(),
+            result,
+        },
+        Err(err) => WorkerEvent::Failed {
+            job_id: job.job_id,
+            attempt: job.attempt,
+            worker_id: ctx.worker_id.clone(),
+            at: Utc::now(),
+            code: err.code.as_str().to_owned(),
+            message: err.message,
+            retryable: retryable && err.code.is_retryable(),
+        },
     };
     for attempt in 0..5u32 {
         match ctx.bus.publish_event(&event).await {
@@ -249,6 +300,12 @@ async fn run_job(ctx: &Ctx, message: Message, job: JobMessage) {
 
 async fn execute(ctx: &Ctx, job: &JobMessage, cancel: CancellationToken) -> Result<serde_json::Value, Error> {
     let kind = JobKind::parse(&job.kind).map_err(|_| Error::unsupported(format!("unknown job kind {:?}", job.kind)))?;
+    if kind == JobKind::TestSleep {
+        if !ctx.config.enable_test_kinds {
+            return Err(Error::unsupported("test kinds are disabled on this worker"));
+        }
+        return crate::test_kind::sleep(&ctx.bus, job, cancel).await;
+    }
     let media_id = job
         .media_id
         .ok_or_else(|| Error::bad_input(format!("job kind {kind} needs a media_id")))?;

@@ -7,35 +7,48 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::{Stream, StreamExt};
 use mediamesh_bus::{Bus, Update};
+
 use mediamesh_core::{
-    DEFAULT_PRIORITY, Error, JobKind, JobState, Queue, from_timestamp, parse_id, tenant_of, to_timestamp,
+    DEFAULT_PRIORITY, Error, ErrorCode, JobKind, JobState, from_timestamp, parse_id, tenant_of, to_timestamp,
 };
 use mediamesh_proto::v1 as pb;
 use mediamesh_proto::v1::job_service_server::JobService;
 use mediamesh_proto::v1::scheduler_internal_service_server::SchedulerInternalService;
-use mediamesh_store::{JobEventRow, JobFilter, NewJob, Store};
+use mediamesh_store::{JobEventRow, JobFilter, JobRow, NewJob, RetryFilter, Store};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::convert::job_to_proto;
+use crate::SchedulerConfig;
+use crate::convert::{job_to_proto, policy_str};
+
+/// Dependencies of one job, at most.
+const MAX_DEPENDENCIES: usize = 1000;
 
 #[derive(Clone)]
 pub struct JobApi {
     store: Store,
     bus: Bus,
     wake: Arc<Notify>,
+    config: SchedulerConfig,
     shutdown: CancellationToken,
 }
 
 impl JobApi {
-    pub fn new(store: Store, bus: Bus, wake: Arc<Notify>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Store,
+        bus: Bus,
+        wake: Arc<Notify>,
+        config: SchedulerConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             store,
             bus,
             wake,
+            config,
             shutdown,
         }
     }
@@ -46,11 +59,23 @@ impl JobApi {
             .get_job(tenant, id)
             .await?
             .ok_or_else(|| Error::not_found(format!("job {id} not found")))?;
-        let attempts = self.store.attempts(id).await?;
-        Ok(job_to_proto(&row, &attempts))
+        self.to_proto(&row).await
     }
 
-    fn validate(tenant: &str, spec: pb::JobSpec) -> Result<NewJob, Error> {
+    async fn to_proto(&self, row: &JobRow) -> Result<pb::Job, Error> {
+        let attempts = self.store.attempts(row.id).await?;
+        let mut job = job_to_proto(row, &attempts);
+        job.depends_on = self
+            .store
+            .dependencies(row.id)
+            .await?
+            .iter()
+            .map(Uuid::to_string)
+            .collect();
+        Ok(job)
+    }
+
+    fn validate(&self, tenant: &str, spec: pb::JobSpec) -> Result<NewJob, Error> {
         let pb::JobSpec {
             kind,
             media_id,
@@ -60,21 +85,45 @@ impl JobApi {
             timeout_ms,
             run_at,
             idempotency_key,
+            depends_on,
+            on_dependency_failure,
         } = spec;
         let kind = JobKind::parse(&kind)?;
-        if !kind.is_available() {
+        if kind.is_test() && !self.config.enable_test_kinds {
+            return Err(Error::unsupported(format!(
+                "job kind {kind} is for tests and is disabled (MM_ENABLE_TEST_KINDS)"
+            )));
+        }
+        if !kind.is_available() && !kind.is_test() {
             return Err(Error::unsupported(format!(
                 "job kind {kind} has no worker in this release"
             )));
         }
         let media_id = if media_id.is_empty() {
-            if kind.queue() != Queue::Scheduler {
+            if kind.needs_media() {
                 return Err(Error::bad_input(format!("job kind {kind} needs a media_id")));
             }
             None
         } else {
             Some(parse_id("media_id", &media_id)?)
         };
+        if depends_on.len() > MAX_DEPENDENCIES {
+            return Err(Error::bad_input(format!(
+                "{} dependencies; at most {MAX_DEPENDENCIES}",
+                depends_on.len()
+            )));
+        }
+        let depends_on = depends_on
+            .iter()
+            .map(|id| parse_id("depends_on", id))
+            .collect::<Result<Vec<_>, _>>()?;
+        if kind == JobKind::Aggregate && depends_on.is_empty() {
+            return Err(Error::bad_input(
+                "an aggregate job needs depends_on: the jobs it combines",
+            ));
+        }
+        let on_dependency_failure = pb::DependencyPolicy::try_from(on_dependency_failure)
+            .map_err(|_| Error::bad_input(format!("unknown on_dependency_failure {on_dependency_failure}")))?;
         let payload: serde_json::Value = if payload_json.trim().is_empty() {
             serde_json::json!({})
         } else {
@@ -84,18 +133,22 @@ impl JobApi {
         if !payload.is_object() {
             return Err(Error::bad_input("payload_json must be a JSON object"));
         }
+        if kind == JobKind::Aggregate {
+            crate::aggregate::Plan::parse(&payload)?;
+        }
+        let defaults = self.config.kind_defaults(kind);
         let priority = match priority {
-            0 => DEFAULT_PRIORITY,
+            0 => defaults.priority.unwrap_or(DEFAULT_PRIORITY),
             1..=10 => priority,
             other => return Err(Error::bad_input(format!("priority {other} is outside 1..=10"))),
         };
         let max_attempts = match max_attempts {
-            0 => kind.default_max_attempts(),
+            0 => defaults.max_attempts.unwrap_or(3),
             1..=100 => max_attempts,
             other => return Err(Error::bad_input(format!("max_attempts {other} is outside 1..=100"))),
         };
         let timeout_ms = match timeout_ms {
-            0 => u64::try_from(kind.default_timeout().as_millis()).unwrap_or(u64::MAX),
+            0 => defaults.timeout_ms.unwrap_or(300_000),
             1..=86_400_000 => timeout_ms,
             other => return Err(Error::bad_input(format!("timeout_ms {other} is over one day"))),
         };
@@ -118,18 +171,13 @@ impl JobApi {
             timeout_ms: i64::try_from(timeout_ms).unwrap_or(i64::MAX),
             run_at,
             idempotency_key: (!idempotency_key.is_empty()).then_some(idempotency_key),
+            depends_on,
+            on_dependency_failure: policy_str(on_dependency_failure).to_owned(),
         })
     }
 
-    async fn transition_done(&self, job_id: Uuid, event: &JobEventRow) {
-        let update = Update::Transition {
-            seq: event.seq,
-            state: event.state.clone(),
-            attempt: u32::try_from(event.attempt).unwrap_or(0),
-        };
-        if let Err(err) = self.bus.publish_update(job_id, &update).await {
-            tracing::debug!(error = %err, "live update not sent");
-        }
+    async fn transition_done(&self, event: &JobEventRow) {
+        crate::events::announce(&self.bus, event).await;
     }
 }
 
@@ -187,8 +235,7 @@ impl JobService for JobApi {
         };
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
-            let attempts = self.store.attempts(row.id).await.map_err(Error::from)?;
-            jobs.push(job_to_proto(row, &attempts));
+            jobs.push(self.to_proto(row).await?);
         }
         Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token }))
     }
@@ -288,10 +335,13 @@ impl JobService for JobApi {
         let id = parse_id("job_id", &request.get_ref().job_id)?;
         match self.store.cancel_job(&tenant, id).await.map_err(Error::from)? {
             Some(transition) => {
-                if let Err(err) = self.bus.publish_cancel(id).await {
+                let attempt = u32::try_from(transition.event.attempt).unwrap_or(0);
+                if let Err(err) = self.bus.cancel(id, attempt).await {
                     tracing::warn!(error = %err, job_id = %id, "cancel signal not sent");
                 }
-                self.transition_done(id, &transition.event).await;
+                for event in transition.events() {
+                    self.transition_done(event).await;
+                }
                 tracing::info!(job_id = %id, "job cancelled");
             }
             None => {
@@ -316,9 +366,8 @@ impl JobService for JobApi {
         let retried = match self.store.retry_job(&tenant, id).await.map_err(Error::from)? {
             Some((row, transition)) => {
                 self.wake.notify_one();
-                self.transition_done(id, &transition.event).await;
-                let attempts = self.store.attempts(id).await.map_err(Error::from)?;
-                job_to_proto(&row, &attempts)
+                self.transition_done(&transition.event).await;
+                self.to_proto(&row).await?
             }
             None => {
                 let job = self.load(&tenant, id).await?;
@@ -333,26 +382,91 @@ impl JobService for JobApi {
         Ok(Response::new(pb::RetryJobResponse { job: Some(retried) }))
     }
 
+    async fn retry_jobs(
+        &self,
+        request: Request<pb::RetryJobsRequest>,
+    ) -> Result<Response<pb::RetryJobsResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let pb::RetryJobsRequest {
+            state,
+            kind,
+            error_code,
+            finished_after,
+            finished_before,
+            limit,
+            dry_run,
+        } = request.into_inner();
+        let state = match pb::JobState::try_from(state) {
+            Ok(pb::JobState::Unspecified | pb::JobState::Failed) => JobState::Failed,
+            Ok(pb::JobState::Cancelled) => JobState::Cancelled,
+            _ => return Err(Error::bad_input("state must be FAILED or CANCELLED").into()),
+        };
+        let error_code = match pb::ErrorCode::try_from(error_code) {
+            Ok(pb::ErrorCode::Unspecified) => None,
+            Ok(code) => Some(ErrorCode::try_from(code)?.as_str().to_owned()),
+            Err(_) => return Err(Error::bad_input(format!("unknown error_code {error_code}")).into()),
+        };
+        let time = |ts: Option<prost_types::Timestamp>, name: &str| -> Result<_, Error> {
+            ts.map(|ts| from_timestamp(&ts).ok_or_else(|| Error::bad_input(format!("{name} is not a valid time"))))
+                .transpose()
+        };
+        let filter = RetryFilter {
+            tenant,
+            state,
+            kind: if kind.is_empty() {
+                None
+            } else {
+                Some(JobKind::parse(&kind)?.as_str().to_owned())
+            },
+            error_code,
+            finished_after: time(finished_after, "finished_after")?,
+            finished_before: time(finished_before, "finished_before")?,
+            limit: match limit {
+                0 => 1000,
+                1..=1000 => i64::from(limit),
+                other => return Err(Error::bad_input(format!("limit {other} is over 1000")).into()),
+            },
+            dry_run,
+        };
+        let retried = self.store.retry_jobs(&filter).await.map_err(Error::from)?;
+        if !dry_run && !retried.is_empty() {
+            self.wake.notify_one();
+            tracing::info!(count = retried.len(), "jobs retried by filter");
+        }
+        let mut job_ids = Vec::with_capacity(retried.len());
+        for (id, event) in retried {
+            if let Some(event) = event {
+                self.transition_done(&event).await;
+            }
+            job_ids.push(id.to_string());
+        }
+        Ok(Response::new(pb::RetryJobsResponse { job_ids }))
+    }
+
     async fn get_queue_stats(
         &self,
         request: Request<pb::GetQueueStatsRequest>,
     ) -> Result<Response<pb::GetQueueStatsResponse>, Status> {
         let tenant = tenant_of(&request);
         let counts = self.store.queue_counts(&tenant).await.map_err(Error::from)?;
+        let rates = self.store.queue_rates(&tenant).await.map_err(Error::from)?;
         let mut stats: Vec<pb::QueueStats> = Vec::new();
-        for row in counts {
-            let entry = match stats.iter_mut().find(|s| s.queue == row.queue && s.kind == row.kind) {
-                Some(entry) => entry,
+        fn entry<'a>(stats: &'a mut Vec<pb::QueueStats>, queue: &str, kind: &str) -> &'a mut pb::QueueStats {
+            let index = match stats.iter().position(|s| s.queue == queue && s.kind == kind) {
+                Some(index) => index,
                 None => {
                     stats.push(pb::QueueStats {
-                        queue: row.queue.clone(),
-                        kind: row.kind.clone(),
+                        queue: queue.to_owned(),
+                        kind: kind.to_owned(),
                         ..Default::default()
                     });
-                    let last = stats.len() - 1;
-                    &mut stats[last]
+                    stats.len() - 1
                 }
             };
+            &mut stats[index]
+        }
+        for row in counts {
+            let entry = entry(&mut stats, &row.queue, &row.kind);
             let n = u64::try_from(row.count).unwrap_or(0);
             match JobState::parse(&row.state) {
                 Ok(JobState::Queued) => entry.queued += n,
@@ -364,6 +478,14 @@ impl JobService for JobApi {
                 Err(_) => {}
             }
         }
+        for row in rates {
+            let entry = entry(&mut stats, &row.queue, &row.kind);
+            entry.succeeded_per_minute = row.succeeded_5m as f64 / 5.0;
+            entry.failed_per_minute = row.failed_5m as f64 / 5.0;
+            entry.oldest_wait_seconds = row.oldest_wait_secs.unwrap_or(0.0).max(0.0);
+            entry.mean_run_seconds = row.mean_run_secs.unwrap_or(0.0);
+        }
+        stats.sort_by(|a, b| (&a.queue, &a.kind).cmp(&(&b.queue, &b.kind)));
         Ok(Response::new(pb::GetQueueStatsResponse { stats }))
     }
 }
@@ -399,18 +521,31 @@ impl SchedulerInternalService for JobApi {
         }
         let new_jobs = jobs
             .into_iter()
-            .map(|spec| Self::validate(&tenant, spec))
+            .enumerate()
+            .map(|(i, spec)| {
+                self.validate(&tenant, spec)
+                    .map_err(|e| e.context(&format!("jobs[{i}]")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let created = self.store.create_jobs(&new_jobs).await.map_err(Error::from)?;
+        let created: Vec<_> = created
+            .into_iter()
+            .zip(new_jobs.iter().map(|job| job.depends_on.is_empty()))
+            .collect();
         self.wake.notify_one();
         let mut out = Vec::with_capacity(created.len());
-        for (row, inserted) in created {
+        for ((row, inserted), no_dependencies) in created {
             if inserted {
                 tracing::info!(job_id = %row.id, kind = %row.kind, media_id = ?row.media_id, "job queued");
             }
-            let attempts = self.store.attempts(row.id).await.map_err(Error::from)?;
+            let job = if inserted && no_dependencies {
+                // Nothing recorded yet beyond the row itself.
+                job_to_proto(&row, &[])
+            } else {
+                self.to_proto(&row).await?
+            };
             out.push(pb::CreatedJob {
-                job: Some(job_to_proto(&row, &attempts)),
+                job: Some(job),
                 existing: !inserted,
             });
         }

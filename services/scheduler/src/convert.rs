@@ -73,6 +73,26 @@ pub fn job_to_proto(row: &JobRow, attempts: &[AttemptRow]) -> pb::Job {
         created_at: Some(to_timestamp(row.created_at)),
         updated_at: Some(to_timestamp(row.updated_at)),
         finished_at: row.finished_at.map(to_timestamp),
+        depends_on: Vec::new(),
+        on_dependency_failure: policy_of(&row.on_dependency_failure) as i32,
+        pending_dependencies: u32::try_from(row.pending_deps).unwrap_or(0),
+    }
+}
+
+fn policy_of(s: &str) -> pb::DependencyPolicy {
+    match s {
+        "SKIP" => pb::DependencyPolicy::Skip,
+        "CONTINUE" => pb::DependencyPolicy::Continue,
+        _ => pb::DependencyPolicy::Fail,
+    }
+}
+
+/// The stored form of a dependency policy (UNSPECIFIED means FAIL).
+pub fn policy_str(policy: pb::DependencyPolicy) -> &'static str {
+    match policy {
+        pb::DependencyPolicy::Unspecified | pb::DependencyPolicy::Fail => "FAIL",
+        pb::DependencyPolicy::Skip => "SKIP",
+        pb::DependencyPolicy::Continue => "CONTINUE",
     }
 }
 

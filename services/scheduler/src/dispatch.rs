@@ -1,6 +1,8 @@
-//! Moves due jobs into JetStream: highest priority first, while the queue has room under its
-//! in-flight cap. The attempt is committed before the message is sent; a message lost between
-//! the two (crash, broker down) is sent again after `redispatch_after`.
+//! Moves due jobs into JetStream: tenants in turn, highest effective priority first, while the
+//! queue has room under its caps (in flight, prefetched, per tenant). The attempt is committed
+//! before the message is sent; a message lost between the two (crash, broker down) is sent
+//! again after `redispatch_after`. `aggregate` jobs are not sent anywhere: the scheduler runs
+//! them itself.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use mediamesh_bus::{Bus, JobMessage};
 use mediamesh_core::Queue;
-use mediamesh_store::{DueJob, Store};
+use mediamesh_store::{DispatchLimits, DueJob, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -17,23 +19,61 @@ use crate::SchedulerConfig;
 const BATCH: i64 = 256;
 const QUEUES: [Queue; 2] = [Queue::Media, Queue::Inference];
 
-pub async fn run(store: Store, bus: Bus, wake: Arc<Notify>, config: SchedulerConfig, shutdown: CancellationToken) {
+pub async fn run(
+    store: Store,
+    bus: Bus,
+    wake: Arc<Notify>,
+    config: SchedulerConfig,
+    worker_id: String,
+    shutdown: CancellationToken,
+) {
     let interval = Duration::from_millis(config.dispatch_interval_ms);
     let redispatch_after = Duration::from_secs(config.redispatch_after_secs);
+    let limits = DispatchLimits {
+        batch: BATCH,
+        max_in_flight: i64::from(config.max_in_flight),
+        prefetch: i64::from(config.prefetch.max(1)),
+        per_tenant: i64::from(config.max_in_flight_per_tenant),
+        aging_secs: config.priority_aging_secs as f64,
+    };
     let mut last_stale_check = Instant::now();
     loop {
         let mut full_batch = false;
         for queue in QUEUES {
-            match store
-                .claim_due_jobs(queue.as_str(), BATCH, i64::from(config.max_in_flight))
-                .await
-            {
+            match store.claim_due_jobs(queue.as_str(), limits).await {
                 Ok(jobs) => {
                     full_batch |= jobs.len() as i64 == BATCH;
                     publish_all(&store, &bus, jobs, true).await;
                 }
                 Err(err) => tracing::warn!(error = %err, queue = queue.as_str(), "claiming due jobs failed"),
             }
+        }
+        // Aggregates: few and cheap, run here one after the other.
+        let aggregates = DispatchLimits {
+            prefetch: BATCH,
+            ..limits
+        };
+        match store.claim_due_jobs(Queue::Scheduler.as_str(), aggregates).await {
+            Ok(jobs) => {
+                for job in &jobs {
+                    match crate::aggregate::run(&store, job, &worker_id).await {
+                        Ok(transitions) => {
+                            for event in transitions.iter().flat_map(|t| t.events()) {
+                                tracing::info!(job_id = %event.job_id, state = %event.state, "job transition");
+                                crate::events::announce(&bus, event).await;
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, job_id = %job.id, "aggregate failed to run; it will be retried");
+                            if let Err(err) = store.undispatch(job.id, job.attempt).await {
+                                tracing::warn!(error = %err, job_id = %job.id, "undispatch failed");
+                            }
+                        }
+                    }
+                }
+                full_batch |= !jobs.is_empty();
+            }
+            Err(err) => tracing::warn!(error = %err, "claiming aggregates failed"),
         }
         if last_stale_check.elapsed() >= redispatch_after / 4 {
             last_stale_check = Instant::now();
@@ -80,6 +120,7 @@ async fn publish_all(store: &Store, bus: &Bus, jobs: Vec<DueJob>, fresh: bool) {
             media_id: job.media_id,
             payload: job.payload,
             timeout_ms: u64::try_from(job.timeout_ms).unwrap_or(0),
+            max_attempts: u32::try_from(job.max_attempts).unwrap_or(0),
         };
         if let Err(err) = bus.publish_job(&message).await {
             tracing::warn!(error = %err, job_id = %job.id, attempt = job.attempt, "dispatch failed");

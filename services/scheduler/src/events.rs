@@ -2,17 +2,19 @@
 //! watchers. A report is acked only after its transition committed; a report that changes
 //! nothing (late, repeated, for another attempt) is acked and dropped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use mediamesh_bus::async_nats::jetstream::AckKind;
 use mediamesh_bus::{Bus, Update, WorkerEvent};
-use mediamesh_store::{CompletedTransition, Store};
+use mediamesh_store::{CompletedTransition, JobEventRow, Store};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerConfig;
 
-pub async fn run(store: Store, bus: Bus, config: SchedulerConfig, shutdown: CancellationToken) {
+pub async fn run(store: Store, bus: Bus, wake: Arc<Notify>, config: SchedulerConfig, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         let consumer = match bus.events_consumer().await {
             Ok(consumer) => consumer,
@@ -36,7 +38,12 @@ pub async fn run(store: Store, bus: Bus, config: SchedulerConfig, shutdown: Canc
                 next = messages.next() => next,
             };
             match next {
-                Some(Ok(message)) => handle(&store, &bus, &config, message).await,
+                Some(Ok(message)) => {
+                    if handle(&store, &bus, &config, message).await {
+                        // A slot or a dependency may have freed up.
+                        wake.notify_one();
+                    }
+                }
                 Some(Err(err)) => {
                     tracing::warn!(error = %err, "events stream error, reconnecting");
                     break;
@@ -59,13 +66,13 @@ async fn handle(
     bus: &Bus,
     config: &SchedulerConfig,
     message: mediamesh_bus::async_nats::jetstream::Message,
-) {
+) -> bool {
     let event: WorkerEvent = match serde_json::from_slice(&message.payload) {
         Ok(event) => event,
         Err(err) => {
             tracing::error!(error = %err, subject = %message.subject, "dropping malformed worker event");
             let _ = message.ack_with(AckKind::Term).await;
-            return;
+            return false;
         }
     };
     let span = tracing::info_span!("apply_event", job_id = %event.job_id());
@@ -74,29 +81,40 @@ async fn handle(
     let applied = apply(store, config, &event).await;
     match applied {
         Ok(Some(transition)) => {
-            let update = Update::Transition {
-                seq: transition.event.seq,
-                state: transition.event.state.clone(),
-                attempt: u32::try_from(transition.event.attempt).unwrap_or(0),
-            };
-            tracing::info!(job_id = %event.job_id(), state = %transition.event.state, attempt = transition.event.attempt, "job transition");
-            if let Err(err) = bus.publish_update(event.job_id(), &update).await {
-                tracing::debug!(error = %err, "live update not sent");
+            for event in transition.events() {
+                tracing::info!(job_id = %event.job_id, state = %event.state, attempt = event.attempt, "job transition");
+                announce(bus, event).await;
             }
             let _ = message.ack().await;
+            true
         }
         Ok(None) => {
             tracing::debug!(job_id = %event.job_id(), "report changed nothing");
             let _ = message.ack().await;
+            false
         }
         Err(err) => {
             tracing::warn!(error = %err, job_id = %event.job_id(), "applying report failed, will retry");
             let _ = message.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
+            false
         }
     }
 }
 
-async fn apply(
+/// Tells live watchers of a recorded transition (core NATS, best effort: a watcher that
+/// misses it catches up from `job_events`).
+pub async fn announce(bus: &Bus, event: &JobEventRow) {
+    let update = Update::Transition {
+        seq: event.seq,
+        state: event.state.clone(),
+        attempt: u32::try_from(event.attempt).unwrap_or(0),
+    };
+    if let Err(err) = bus.publish_update(event.job_id, &update).await {
+        tracing::debug!(error = %err, "live update not sent");
+    }
+}
+
+pub async fn apply(
     store: &Store,
     config: &SchedulerConfig,
     event: &WorkerEvent,

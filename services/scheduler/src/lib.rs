@@ -2,16 +2,18 @@
 //! into JetStream by priority under a per-queue in-flight cap, applies the workers' reports as
 //! guarded state transitions, and serves `JobService`.
 
+mod aggregate;
 mod api;
 mod config;
 mod convert;
 mod dispatch;
 mod events;
+mod retention;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::SchedulerConfig;
+pub use config::{JobDefaults, KindDefaults, SchedulerConfig};
 pub use convert::job_to_proto;
 use mediamesh_bus::{Bus, BusConfig};
 use mediamesh_proto::v1::job_service_server::JobServiceServer;
@@ -29,8 +31,18 @@ pub enum Error {
     Bus(#[from] mediamesh_bus::Error),
     #[error(transparent)]
     Server(#[from] mediamesh_server::Error),
+    #[error(transparent)]
+    Blob(#[from] mediamesh_blob::Error),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// Who runs aggregates, as their attempts record it.
+fn scheduler_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "scheduler".to_owned());
+    format!("scheduler@{host}-{}", std::process::id())
 }
 
 const SERVICES: &[&str] = &["mediamesh.v1.JobService", "mediamesh.v1.SchedulerInternalService"];
@@ -42,6 +54,13 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
     let bus = Bus::connect(&config.nats_url, "mediamesh-scheduler", BusConfig::default()).await?;
     bus.ensure_streams_when_ready(Duration::from_secs(60)).await?;
 
+    let blob = if config.blob_url.is_empty() {
+        tracing::info!("no MM_BLOB_URL: retention deletes jobs but leaves their outputs");
+        None
+    } else {
+        Some(mediamesh_blob::Blob::from_url(&config.blob_url)?)
+    };
+
     let wake = Arc::new(Notify::new());
     let tasks = CancellationToken::new();
     let dispatcher = tokio::spawn(dispatch::run(
@@ -49,9 +68,17 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         bus.clone(),
         Arc::clone(&wake),
         config.clone(),
+        scheduler_id(),
         tasks.clone(),
     ));
-    let events = tokio::spawn(events::run(store.clone(), bus.clone(), config.clone(), tasks.clone()));
+    let events = tokio::spawn(events::run(
+        store.clone(),
+        bus.clone(),
+        Arc::clone(&wake),
+        config.clone(),
+        tasks.clone(),
+    ));
+    let retention = tokio::spawn(retention::run(store.clone(), blob, config.clone(), tasks.clone()));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = {
@@ -81,7 +108,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         )
     };
 
-    let api = api::JobApi::new(store.clone(), bus.clone(), wake, shutdown.clone());
+    let api = api::JobApi::new(store.clone(), bus.clone(), wake, config.clone(), shutdown.clone());
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, "scheduler listening");
     tonic::transport::Server::builder()
@@ -93,7 +120,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         .await?;
 
     tasks.cancel();
-    let _ = tokio::join!(dispatcher, events, health);
+    let _ = tokio::join!(dispatcher, events, retention, health);
     store.close().await;
     Ok(())
 }
