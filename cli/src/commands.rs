@@ -107,7 +107,8 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
                 &json!({ "job": job_json(&job), "existing": response.existing }),
                 || job_line(&job),
             );
-            return Ok(exit_for(&[job]));
+            // Without --watch the job has only been accepted: that is success.
+            return Ok(if watch { exit_for(&[job]) } else { ExitCode::SUCCESS });
         }
         Command::Get { job_id } => {
             let job = c

@@ -57,6 +57,14 @@ pub fn job_json(job: &pb::Job) -> Value {
         "timeout_ms": job.timeout_ms,
         "run_at": ts(job.run_at.as_ref()),
         "idempotency_key": job.idempotency_key,
+        "depends_on": job.depends_on,
+        "on_dependency_failure": pb::DependencyPolicy::try_from(job.on_dependency_failure)
+            .map_or("FAIL", |p| match p {
+                pb::DependencyPolicy::Skip => "SKIP",
+                pb::DependencyPolicy::Continue => "CONTINUE",
+                _ => "FAIL",
+            }),
+        "pending_dependencies": job.pending_dependencies,
         "result": result,
         "error": error_json(job.error.as_ref()),
         "attempts": job.attempts.iter().map(|a| json!({

@@ -148,3 +148,131 @@ async fn every_command_speaks_json_and_exits_with_meaning() {
     assert_eq!(code, 1);
     assert_eq!(down["serving"], false);
 }
+
+/// Job control from the command line: submit with options and dependencies, cancel, retry
+/// every failure that matches a filter, and the stats with their rates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_failed_by_filter_cancel_and_stats_from_the_command_line() {
+    let mesh = Mesh::start().await.unwrap();
+    let ctl = Ctl {
+        addr: format!("http://{}", mesh.addr(Service::Ingest)),
+    };
+    // Two jobs whose first attempt fails BAD_INPUT (not retryable), one that fails TIMEOUT.
+    let mut failed = Vec::new();
+    for payload in [
+        r#"{"fail":"BAD_INPUT","fail_attempts":1}"#,
+        r#"{"fail":"BAD_INPUT","fail_attempts":1}"#,
+        r#"{"fail":"TIMEOUT"}"#,
+    ] {
+        let (code, job) = ctl
+            .run(&[
+                "submit",
+                "--kind",
+                "test.sleep",
+                "--payload",
+                payload,
+                "--max-attempts",
+                "1",
+                "--watch",
+            ])
+            .await;
+        assert_eq!(code, 2, "a failed job exits 2: {job}");
+        assert_eq!(job["job"]["state"], "FAILED");
+        failed.push(job["job"]["id"].as_str().unwrap().to_owned());
+    }
+    let (code, dry) = ctl
+        .run(&[
+            "retry",
+            "--failed",
+            "--code",
+            "bad_input",
+            "--since",
+            "600",
+            "--dry-run",
+        ])
+        .await;
+    assert_eq!(code, 0, "{dry}");
+    assert_eq!(dry["job_ids"].as_array().unwrap().len(), 2, "{dry}");
+    let (code, retried) = ctl.run(&["retry", "--failed", "--code", "BAD_INPUT"]).await;
+    assert_eq!(code, 0, "{retried}");
+    let mut ids: Vec<String> = retried["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut expected = failed[..2].to_vec();
+    expected.sort();
+    assert_eq!(ids, expected);
+    for id in &ids {
+        let (code, watched) = ctl.run(&["watch", id]).await;
+        assert_eq!(code, 0, "{watched}");
+        assert_eq!(watched["job"]["state"], "SUCCEEDED");
+    }
+    let (code, still) = ctl.run(&["get", &failed[2]]).await;
+    assert_eq!(code, 0);
+    assert_eq!(still["job"]["state"], "FAILED");
+    let (code, refused) = ctl.run(&["retry", "--failed", "--code", "NONSENSE"]).await;
+    assert_eq!(code, 1, "{refused}");
+
+    // An aggregate over two jobs, one of them delayed and then cancelled: policy skip.
+    let (_, slow) = ctl
+        .run(&[
+            "submit",
+            "--kind",
+            "test.sleep",
+            "--payload",
+            r#"{"ms":1}"#,
+            "--delay",
+            "3600",
+        ])
+        .await;
+    assert_eq!(slow["job"]["state"], "SCHEDULED", "{slow}");
+    let slow_id = slow["job"]["id"].as_str().unwrap().to_owned();
+    let (code, parent) = ctl
+        .run(&[
+            "submit",
+            "--kind",
+            "aggregate",
+            "--payload",
+            r#"{"count":["/slept_ms"]}"#,
+            "--depends-on",
+            &ids[0],
+            "--depends-on",
+            &slow_id,
+            "--on-dependency-failure",
+            "skip",
+        ])
+        .await;
+    assert_eq!(code, 0, "{parent}");
+    assert_eq!(parent["job"]["pending_dependencies"], 1, "{parent}");
+    assert_eq!(parent["job"]["on_dependency_failure"], "SKIP");
+    let (code, cancelled) = ctl.run(&["cancel", &slow_id]).await;
+    assert_eq!(code, 0, "{cancelled}");
+    assert_eq!(cancelled["job"]["state"], "CANCELLED");
+    let (code, parent) = ctl.run(&["watch", parent["job"]["id"].as_str().unwrap()]).await;
+    assert_eq!(code, 2, "{parent}");
+    assert_eq!(parent["job"]["state"], "CANCELLED", "skipped with its dependency");
+
+    let (code, stats) = ctl.run(&["stats"]).await;
+    assert_eq!(code, 0);
+    let sleep = stats["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "test.sleep")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (sleep["succeeded"].as_u64(), sleep["failed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(sleep["cancelled"], 1);
+    assert!(sleep["succeeded_per_minute"].as_f64().unwrap() > 0.0, "{sleep}");
+    assert!(sleep["mean_run_seconds"].as_f64().is_some(), "{sleep}");
+    let (code, text) = ctl.text(&["stats"]).await;
+    assert_eq!(code, 0);
+    assert!(text.contains("OK/MIN") && text.contains("test.sleep"), "{text}");
+    mesh.shutdown().await.unwrap();
+}
