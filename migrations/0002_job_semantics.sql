@@ -4,7 +4,10 @@
 ALTER TABLE scheduler.jobs
     ADD COLUMN pending_deps integer NOT NULL DEFAULT 0,
     -- FAIL, SKIP or CONTINUE: what a failed or cancelled dependency does to this job
-    ADD COLUMN on_dependency_failure text NOT NULL DEFAULT 'FAIL';
+    ADD COLUMN on_dependency_failure text NOT NULL DEFAULT 'FAIL',
+    -- MM_JOBS stream sequence of the current attempt's message: the stale check asks JetStream
+    -- whether it is still there before sending the attempt again
+    ADD COLUMN dispatch_seq bigint;
 
 CREATE TABLE scheduler.job_dependencies (
     job_id     uuid NOT NULL REFERENCES scheduler.jobs (id) ON DELETE CASCADE,

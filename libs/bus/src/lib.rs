@@ -193,12 +193,32 @@ impl Bus {
     }
 
     /// Publishes a job attempt with `Nats-Msg-Id = <job id>:<attempt>`, so that a re-publish
-    /// inside the duplicate window is dropped. Returns once JetStream has stored it.
-    pub async fn publish_job(&self, job: &JobMessage) -> Result<()> {
+    /// inside the duplicate window is dropped. Returns the message's stream sequence once
+    /// JetStream has stored it.
+    pub async fn publish_job(&self, job: &JobMessage) -> Result<u64> {
         let subject = format!("mm.jobs.{}", job.queue);
         let mut headers = trace_headers();
         headers.insert("Nats-Msg-Id", format!("{}:{}", job.job_id, job.attempt).as_str());
-        self.publish_js(subject, headers, job).await
+        let payload = Bytes::from(serde_json::to_vec(job)?);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| Error::Publish(e.to_string()))?
+            .await
+            .map_err(|e| Error::Publish(e.to_string()))?;
+        Ok(ack.sequence)
+    }
+
+    /// Whether the job message at `sequence` is still in `MM_JOBS` (waiting or being worked
+    /// on: a work queue drops a message once it is acked).
+    pub async fn job_message_exists(&self, sequence: u64) -> Result<bool> {
+        let stream = self.js.get_stream(JOBS_STREAM).await.map_err(js_err)?;
+        match stream.get_raw_message(sequence).await {
+            Ok(_) => Ok(true),
+            Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(err) => Err(js_err(err)),
+        }
     }
 
     /// Publishes a worker event; returns once JetStream has stored it.

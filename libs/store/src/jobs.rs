@@ -29,6 +29,7 @@ pub struct JobRow {
     pub finished_at: Option<DateTime<Utc>>,
     pub pending_deps: i32,
     pub on_dependency_failure: String,
+    pub dispatch_seq: Option<i64>,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -83,6 +84,8 @@ pub struct DueJob {
     pub timeout_ms: i64,
     pub priority: i16,
     pub max_attempts: i32,
+    /// The stream sequence of the attempt's message, once it was published.
+    pub dispatch_seq: Option<i64>,
 }
 
 /// What the dispatcher may claim in one round for one queue.
@@ -363,11 +366,11 @@ impl Store {
                WHERE r.turn <= $3 - coalesce(l.n, 0) \
                ORDER BY r.turn, r.effective DESC, r.run_at, r.id LIMIT $2) \
              UPDATE scheduler.jobs j SET attempt = j.attempt + 1, state = 'QUEUED', \
-               dispatched_at = now(), updated_at = now() \
+               dispatched_at = now(), dispatch_seq = NULL, updated_at = now() \
              FROM picked WHERE j.id = picked.id \
                AND j.state IN ('QUEUED', 'SCHEDULED') AND j.dispatched_at IS NULL \
              RETURNING j.id, j.tenant, j.kind, j.queue, j.media_id, j.payload, j.attempt, \
-               j.timeout_ms, j.priority, j.max_attempts",
+               j.timeout_ms, j.priority, j.max_attempts, NULL::bigint AS dispatch_seq",
         )
         .bind(queue)
         .bind(room)
@@ -380,8 +383,9 @@ impl Store {
     }
 
     /// Jobs dispatched more than `older_than_secs` ago that no worker has started: their message
-    /// may have been lost with the broker. They are published again (same attempt, same
-    /// message id).
+    /// may have been lost with the broker. Their `dispatched_at` is reset to now, so each is
+    /// looked at again only after another `older_than_secs`; the caller publishes again (same
+    /// attempt, same message id) those whose message is no longer in JetStream.
     pub async fn stale_dispatches(&self, queue: &str, older_than_secs: f64, limit: i64) -> Result<Vec<DueJob>> {
         Ok(sqlx::query_as(
             "UPDATE scheduler.jobs SET dispatched_at = now() WHERE id IN ( \
@@ -389,7 +393,7 @@ impl Store {
                  AND dispatched_at < now() - make_interval(secs => $2) \
                ORDER BY dispatched_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
              RETURNING id, tenant, kind, queue, media_id, payload, attempt, timeout_ms, priority, \
-               max_attempts",
+               max_attempts, dispatch_seq",
         )
         .bind(queue)
         .bind(older_than_secs)
@@ -928,6 +932,27 @@ async fn finish_attempt(
 }
 
 impl Store {
+    /// Records the stream sequence of each published attempt (job id, attempt, sequence).
+    pub async fn record_dispatches(&self, published: &[(Uuid, i32, i64)]) -> Result<()> {
+        if published.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = published.iter().map(|p| p.0).collect();
+        let attempts: Vec<i32> = published.iter().map(|p| p.1).collect();
+        let seqs: Vec<i64> = published.iter().map(|p| p.2).collect();
+        sqlx::query(
+            "UPDATE scheduler.jobs j SET dispatch_seq = p.seq \
+             FROM unnest($1::uuid[], $2::int[], $3::bigint[]) AS p(id, attempt, seq) \
+             WHERE j.id = p.id AND j.attempt = p.attempt",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&seqs)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Undoes a dispatch whose message could not be sent: the attempt is taken back and the
     /// job is due again.
     pub async fn undispatch(&self, job_id: Uuid, attempt: i32) -> Result<()> {

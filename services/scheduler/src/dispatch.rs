@@ -83,12 +83,15 @@ pub async fn run(
                     .await
                 {
                     Ok(jobs) if !jobs.is_empty() => {
-                        tracing::warn!(
-                            count = jobs.len(),
-                            queue = queue.as_str(),
-                            "publishing stale dispatches again"
-                        );
-                        publish_all(&store, &bus, jobs, false).await;
+                        let lost = lost_messages(&bus, jobs).await;
+                        if !lost.is_empty() {
+                            tracing::warn!(
+                                count = lost.len(),
+                                queue = queue.as_str(),
+                                "job messages lost from JetStream; publishing them again"
+                            );
+                            publish_all(&store, &bus, lost, false).await;
+                        }
                     }
                     Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, "looking for stale dispatches failed"),
@@ -109,6 +112,25 @@ pub async fn run(
     }
 }
 
+/// The stale dispatches whose message is no longer in `MM_JOBS` (or was never recorded as
+/// published). One still there is only waiting for a worker, and is left alone.
+async fn lost_messages(bus: &Bus, jobs: Vec<DueJob>) -> Vec<DueJob> {
+    let checks = jobs.into_iter().map(|job| async move {
+        let Some(seq) = job.dispatch_seq.and_then(|s| u64::try_from(s).ok()) else {
+            return Some(job);
+        };
+        match bus.job_message_exists(seq).await {
+            Ok(true) => None,
+            Ok(false) => Some(job),
+            Err(err) => {
+                tracing::debug!(error = %err, job_id = %job.id, "cannot check the job message; next round");
+                None
+            }
+        }
+    });
+    join_all(checks).await.into_iter().flatten().collect()
+}
+
 async fn publish_all(store: &Store, bus: &Bus, jobs: Vec<DueJob>, fresh: bool) {
     let sends = jobs.into_iter().map(|job| async move {
         let message = JobMessage {
@@ -122,16 +144,27 @@ async fn publish_all(store: &Store, bus: &Bus, jobs: Vec<DueJob>, fresh: bool) {
             timeout_ms: u64::try_from(job.timeout_ms).unwrap_or(0),
             max_attempts: u32::try_from(job.max_attempts).unwrap_or(0),
         };
-        if let Err(err) = bus.publish_job(&message).await {
-            tracing::warn!(error = %err, job_id = %job.id, attempt = job.attempt, "dispatch failed");
-            // Give the attempt back so the next round sends it again at once; if the message
-            // did reach JetStream, the same Nats-Msg-Id makes the second send a no-op.
-            if fresh && let Err(err) = store.undispatch(job.id, job.attempt).await {
-                tracing::warn!(error = %err, job_id = %job.id, "undispatch failed; the stale check will resend it");
+        match bus.publish_job(&message).await {
+            Ok(seq) => {
+                tracing::debug!(job_id = %job.id, attempt = job.attempt, kind = %message.kind, "dispatched");
+                i64::try_from(seq).ok().map(|seq| (job.id, job.attempt, seq))
             }
-        } else {
-            tracing::debug!(job_id = %job.id, attempt = job.attempt, kind = %message.kind, "dispatched");
+            Err(err) => {
+                tracing::warn!(error = %err, job_id = %job.id, attempt = job.attempt, "dispatch failed");
+                // Give the attempt back so the next round sends it again at once; if the
+                // message did reach JetStream, the same Nats-Msg-Id makes the second send a
+                // no-op.
+                if fresh && let Err(err) = store.undispatch(job.id, job.attempt).await {
+                    tracing::warn!(error = %err, job_id = %job.id, "undispatch failed; the stale check will resend it");
+                }
+                None
+            }
         }
     });
-    join_all(sends).await;
+    let published: Vec<_> = join_all(sends).await.into_iter().flatten().collect();
+    // Without the sequence the stale check resends the attempt after a while: harmless, the
+    // duplicate window or the guarded updates absorb it.
+    if let Err(err) = store.record_dispatches(&published).await {
+        tracing::warn!(error = %err, "cannot record dispatch sequences");
+    }
 }
