@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use mediamesh_proto::v1 as pb;
 use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
+use mediamesh_proto::v1::job_service_client::JobServiceClient;
 use mediamesh_testkit::{Mesh, Service, blob_files, read_fixture, upload, wait_job, watch_to_end};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
@@ -33,6 +34,30 @@ async fn submit(ingest: &mut IngestServiceClient<Channel>, spec: pb::JobSpec) ->
         .unwrap()
 }
 
+/// Submits the specs in one `SubmitJobs` call as `tenant`; returns the job ids in order.
+async fn submit_all(ingest: &mut IngestServiceClient<Channel>, tenant: &str, specs: Vec<pb::JobSpec>) -> Vec<String> {
+    ingest
+        .submit_jobs(as_tenant(pb::SubmitJobsRequest { jobs: specs }, tenant))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|c| c.job.unwrap().id)
+        .collect()
+}
+
+async fn get(jobs: &mut JobServiceClient<Channel>, job_id: &str) -> pb::Job {
+    jobs.get_job(pb::GetJobRequest {
+        job_id: job_id.to_owned(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .job
+    .unwrap()
+}
+
 fn as_tenant<T>(message: T, tenant: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
@@ -55,7 +80,7 @@ fn metadata(job: &pb::Job) -> Value {
 
 /// Waits until `check` holds for the job (GetJob every 20 ms), within `deadline`.
 async fn wait_until(
-    jobs: &mut mediamesh_proto::v1::job_service_client::JobServiceClient<Channel>,
+    jobs: &mut JobServiceClient<Channel>,
     job_id: &str,
     deadline: Duration,
     check: impl Fn(&Result<pb::Job, tonic::Status>) -> bool,
@@ -322,13 +347,7 @@ async fn retry_by_filter_requeues_only_the_matching_failures() {
         .map(|_| failing("BAD_INPUT"))
         .chain((0..2).map(|_| failing("NOT_FOUND")))
         .collect();
-    let created = ingest
-        .submit_jobs(pb::SubmitJobsRequest { jobs: specs })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
-    let ids: Vec<String> = created.iter().map(|c| c.job.as_ref().unwrap().id.clone()).collect();
+    let ids = submit_all(&mut ingest, "default", specs).await;
     for id in &ids {
         assert_eq!(
             state(&wait_job(&mut jobs, id, JOB_DEADLINE).await.unwrap()),
@@ -351,13 +370,7 @@ async fn retry_by_filter_requeues_only_the_matching_failures() {
     bad_input.sort();
     assert_eq!(dry, bad_input);
     for id in &ids {
-        let job = jobs
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
+        let job = get(&mut jobs, id).await;
         assert_eq!(state(&job), pb::JobState::Failed, "a dry run changes nothing");
     }
     // Filters that match nothing.
@@ -405,13 +418,7 @@ async fn retry_by_filter_requeues_only_the_matching_failures() {
         assert_eq!(job.attempts.len(), 2);
     }
     for id in &ids[3..] {
-        let job = jobs
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
+        let job = get(&mut jobs, id).await;
         assert_eq!(state(&job), pb::JobState::Failed);
         assert_eq!(job.attempts.len(), 1);
     }
@@ -500,15 +507,7 @@ async fn aggregate_over_twenty_jobs_combines_their_results() {
             sleep_spec(json!({ "ms": 20 + i * 5, "result": { "items": items, "total": i } }))
         })
         .collect();
-    let children: Vec<String> = ingest
-        .submit_jobs(pb::SubmitJobsRequest { jobs: children })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-        .into_iter()
-        .map(|c| c.job.unwrap().id)
-        .collect();
+    let children: Vec<String> = submit_all(&mut ingest, "default", children).await;
     let aggregate = submit(
         &mut ingest,
         pb::JobSpec {
@@ -535,13 +534,7 @@ async fn aggregate_over_twenty_jobs_combines_their_results() {
     assert_eq!(result["succeeded"], json!(20));
     let started = at(&aggregate.attempts[0].started_at);
     for id in &children {
-        let child = jobs
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
+        let child = get(&mut jobs, id).await;
         assert!(at(&child.finished_at) <= started, "the aggregate ran after every child");
     }
     mesh.shutdown().await.unwrap();
@@ -683,20 +676,12 @@ async fn a_tenant_with_ten_thousand_queued_jobs_does_not_delay_another_tenants_t
             .into_inner()
             .stats,
     );
-    let small: Vec<String> = ingest
-        .submit_jobs(as_tenant(
-            pb::SubmitJobsRequest {
-                jobs: (0..10).map(|_| sleep_spec(json!({ "ms": 20 }))).collect(),
-            },
-            "small",
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-        .into_iter()
-        .map(|c| c.job.unwrap().id)
-        .collect();
+    let small = submit_all(
+        &mut ingest,
+        "small",
+        (0..10).map(|_| sleep_spec(json!({ "ms": 20 }))).collect(),
+    )
+    .await;
     for id in &small {
         let mut stream = jobs
             .watch_job(as_tenant(
@@ -749,17 +734,12 @@ async fn the_per_tenant_cap_bounds_concurrent_jobs() {
     .unwrap();
     let mut ingest = mesh.ingest();
     let mut jobs = mesh.jobs();
-    let ids: Vec<String> = ingest
-        .submit_jobs(pb::SubmitJobsRequest {
-            jobs: (0..6).map(|_| sleep_spec(json!({ "ms": 300 }))).collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-        .into_iter()
-        .map(|c| c.job.unwrap().id)
-        .collect();
+    let ids = submit_all(
+        &mut ingest,
+        "default",
+        (0..6).map(|_| sleep_spec(json!({ "ms": 300 }))).collect(),
+    )
+    .await;
     let mut spans = Vec::new();
     for id in &ids {
         let job = wait_job(&mut jobs, id, JOB_DEADLINE).await.unwrap();
@@ -799,15 +779,7 @@ async fn an_old_low_priority_job_ages_past_fresh_high_priority_ones() {
         Utc::now() - chrono::Duration::seconds(120),
     ));
     specs.push(old);
-    let ids: Vec<String> = ingest
-        .submit_jobs(pb::SubmitJobsRequest { jobs: specs })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-        .into_iter()
-        .map(|c| c.job.unwrap().id)
-        .collect();
+    let ids: Vec<String> = submit_all(&mut ingest, "default", specs).await;
     let mut starts = Vec::new();
     for id in &ids {
         let job = wait_job(&mut jobs, id, JOB_DEADLINE).await.unwrap();

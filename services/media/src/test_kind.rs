@@ -6,7 +6,9 @@
 //!   its pid as progress (`"pid <n>"`);
 //! - `fail`: an error code to fail with after sleeping;
 //! - `fail_attempts`: fail only while the attempt is at most this (default: every attempt);
-//! - `result`: returned as the job's result metadata (default `{"slept_ms": ms}`).
+//! - `result`: returned as the job's result metadata (default `{"slept_ms": ms}`);
+//! - `crash`: abort the whole worker process after sleeping, like an OOM kill would (the
+//!   poison-job test runs the worker as a separate process).
 
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ struct Payload {
     fail: Option<String>,
     fail_attempts: Option<u32>,
     result: Option<serde_json::Value>,
+    crash: bool,
 }
 
 pub async fn sleep(bus: &Bus, job: &JobMessage, cancel: CancellationToken) -> Result<serde_json::Value, Error> {
@@ -63,6 +66,10 @@ pub async fn sleep(bus: &Bus, job: &JobMessage, cancel: CancellationToken) -> Re
             () = tokio::time::sleep(duration) => {}
             () = cancel.cancelled() => return Err(Error::new(ErrorCode::Cancelled, "cancelled by request")),
         }
+    }
+    if payload.crash {
+        tracing::error!(job_id = %job.job_id, "test.sleep: aborting the worker process as asked");
+        std::process::abort();
     }
     if let Some(code) = fail
         && payload.fail_attempts.is_none_or(|n| job.attempt <= n)
