@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# The fault tests (tests/e2e/faults.rs) run the service binaries as separate processes.
+cargo build --release --workspace --bins
 cargo nextest run --release --workspace --profile ci

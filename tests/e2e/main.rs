@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod control;
+mod faults;
 mod jobs;
 mod photos;
 mod restart;

@@ -183,7 +183,9 @@ impl Bus {
                 consumer::pull::Config {
                     durable_name: Some(EVENTS_CONSUMER.to_owned()),
                     ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
+                    // Applying a report is one short transaction; a scheduler that died holding
+                    // reports gives them to its successor after this long.
+                    ack_wait: Duration::from_secs(10),
                     max_ack_pending: 10_000,
                     ..Default::default()
                 },

@@ -111,6 +111,34 @@ pub fn spawn_health(
 }
 
 /// Server reflection for every mediamesh service and for health.
+/// Runs a background loop until `shutdown`, starting it again (after a second) if it panics,
+/// so that one bad message or bug does not leave a service answering SERVING while its
+/// dispatcher or consumer is dead.
+pub fn supervise<F, Fut>(name: &'static str, shutdown: CancellationToken, make: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(make()).await {
+                Ok(()) => return,
+                Err(err) if shutdown.is_cancelled() => {
+                    tracing::warn!(task = name, error = %err, "background task ended during shutdown");
+                    return;
+                }
+                Err(err) => {
+                    tracing::error!(task = name, error = %err, "background task panicked; restarting it");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    })
+}
+
 pub fn reflection()
 -> Result<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>> {
     Ok(tonic_reflection::server::Builder::configure()

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub mod process;
 
 pub use mediamesh_inference::InferenceConfig;
 pub use mediamesh_ingest::IngestConfig;
@@ -36,6 +37,29 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn read_fixture(name: &str) -> Vec<u8> {
     let path = fixture(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// Starts a nats-server and a PostgreSQL under `root` (folders `nats`, `postgres`) on free
+/// ports, with the `mediamesh` database created; returns them and the database URL.
+pub async fn start_servers(root: &std::path::Path) -> Result<(NatsServer, Postgres, String)> {
+    let nats = NatsServer::start(NatsOptions {
+        bin: nats_binary(),
+        dir: root.join("nats"),
+        port: None,
+    })
+    .await
+    .context("starting nats-server")?;
+    let postgres = Postgres::start_fast(PgOptions {
+        bin_dir: None,
+        dir: root.join("postgres"),
+        port: None,
+        fsync: false,
+    })
+    .await
+    .context("starting PostgreSQL")?;
+    mediamesh_store::ensure_database(&postgres.url("postgres"), "mediamesh").await?;
+    let database_url = postgres.url("mediamesh");
+    Ok((nats, postgres, database_url))
 }
 
 /// The nats-server to test against: `MM_NATS_SERVER` when set (e.g. Debian's 2.9, to check
@@ -100,23 +124,7 @@ impl Mesh {
     pub async fn start_with(tune: impl FnOnce(&mut Configs)) -> Result<Self> {
         init_logging();
         let root = tempfile::Builder::new().prefix("mediamesh-test-").tempdir()?;
-        let nats = NatsServer::start(NatsOptions {
-            bin: nats_binary(),
-            dir: root.path().join("nats"),
-            port: None,
-        })
-        .await
-        .context("starting nats-server")?;
-        let postgres = Postgres::start_fast(PgOptions {
-            bin_dir: None,
-            dir: root.path().join("postgres"),
-            port: None,
-            fsync: false,
-        })
-        .await
-        .context("starting PostgreSQL")?;
-        mediamesh_store::ensure_database(&postgres.url("postgres"), "mediamesh").await?;
-        let database_url = postgres.url("mediamesh");
+        let (nats, postgres, database_url) = start_servers(root.path()).await?;
         let blob_dir = root.path().join("blobs");
         let blob_url = format!("file://{}", blob_dir.display());
         let addr = || -> Result<SocketAddr> { Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))) };

@@ -11,6 +11,7 @@ use mediamesh_bus::{Bus, Update, WorkerEvent};
 use mediamesh_store::{CompletedTransition, JobEventRow, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::SchedulerConfig;
 
@@ -77,9 +78,21 @@ async fn handle(
     };
     let span = tracing::info_span!("apply_event", job_id = %event.job_id());
     mediamesh_bus::set_parent_from_headers(&span, message.headers.as_ref());
-    let _enter = span.enter();
-    let applied = apply(store, config, &event).await;
-    match applied {
+    // Instrumented, never entered across an await: a span entered in an async fn leaks onto
+    // whatever else the thread runs meanwhile.
+    apply_and_ack(store, bus, config, &event, message)
+        .instrument(span)
+        .await
+}
+
+async fn apply_and_ack(
+    store: &Store,
+    bus: &Bus,
+    config: &SchedulerConfig,
+    event: &WorkerEvent,
+    message: mediamesh_bus::async_nats::jetstream::Message,
+) -> bool {
+    match apply(store, config, event).await {
         Ok(Some(transition)) => {
             for event in transition.events() {
                 tracing::info!(job_id = %event.job_id, state = %event.state, attempt = event.attempt, "job transition");

@@ -63,22 +63,50 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
 
     let wake = Arc::new(Notify::new());
     let tasks = CancellationToken::new();
-    let dispatcher = tokio::spawn(dispatch::run(
-        store.clone(),
-        bus.clone(),
-        Arc::clone(&wake),
-        config.clone(),
-        scheduler_id(),
-        tasks.clone(),
-    ));
-    let events = tokio::spawn(events::run(
-        store.clone(),
-        bus.clone(),
-        Arc::clone(&wake),
-        config.clone(),
-        tasks.clone(),
-    ));
-    let retention = tokio::spawn(retention::run(store.clone(), blob, config.clone(), tasks.clone()));
+    let dispatcher = {
+        let (store, bus, wake, config, tasks) = (
+            store.clone(),
+            bus.clone(),
+            Arc::clone(&wake),
+            config.clone(),
+            tasks.clone(),
+        );
+        let id = scheduler_id();
+        mediamesh_server::supervise("dispatcher", tasks.clone(), move || {
+            dispatch::run(
+                store.clone(),
+                bus.clone(),
+                Arc::clone(&wake),
+                config.clone(),
+                id.clone(),
+                tasks.clone(),
+            )
+        })
+    };
+    let events = {
+        let (store, bus, wake, config, tasks) = (
+            store.clone(),
+            bus.clone(),
+            Arc::clone(&wake),
+            config.clone(),
+            tasks.clone(),
+        );
+        mediamesh_server::supervise("events", tasks.clone(), move || {
+            events::run(
+                store.clone(),
+                bus.clone(),
+                Arc::clone(&wake),
+                config.clone(),
+                tasks.clone(),
+            )
+        })
+    };
+    let retention = {
+        let (store, config, tasks) = (store.clone(), config.clone(), tasks.clone());
+        mediamesh_server::supervise("retention", tasks.clone(), move || {
+            retention::run(store.clone(), blob.clone(), config.clone(), tasks.clone())
+        })
+    };
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = {
