@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
-# The fault tests (tests/e2e/faults.rs) run the service binaries as separate processes.
-cargo build --release --workspace --bins
+# One build for the binaries (the fault tests in tests/e2e/faults.rs run them as separate
+# processes) and the tests, with the same features, so nextest does not build again.
+cargo build --release --workspace --all-targets
 cargo nextest run --release --workspace --profile ci
