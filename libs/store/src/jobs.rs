@@ -242,12 +242,13 @@ impl Store {
         Ok(out)
     }
 
-    /// The ids a job depends on, in the order they were given.
-    pub async fn dependencies(&self, job_id: Uuid) -> Result<Vec<Uuid>> {
-        Ok(sqlx::query_scalar(
-            "SELECT depends_on FROM scheduler.job_dependencies WHERE job_id = $1 ORDER BY depends_on",
+    /// The dependencies of the given jobs, as (job id, dependency id) pairs.
+    pub async fn dependencies_of(&self, job_ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>> {
+        Ok(sqlx::query_as(
+            "SELECT job_id, depends_on FROM scheduler.job_dependencies WHERE job_id = ANY($1) \
+             ORDER BY job_id, depends_on",
         )
-        .bind(job_id)
+        .bind(job_ids)
         .fetch_all(self.pool())
         .await?)
     }
@@ -292,10 +293,11 @@ impl Store {
         .await?)
     }
 
-    pub async fn attempts(&self, job_id: Uuid) -> Result<Vec<AttemptRow>> {
+    /// The attempts of the given jobs, in order per job.
+    pub async fn attempts_of(&self, job_ids: &[Uuid]) -> Result<Vec<AttemptRow>> {
         Ok(
-            sqlx::query_as("SELECT * FROM scheduler.attempts WHERE job_id = $1 ORDER BY attempt")
-                .bind(job_id)
+            sqlx::query_as("SELECT * FROM scheduler.attempts WHERE job_id = ANY($1) ORDER BY job_id, attempt")
+                .bind(job_ids)
                 .fetch_all(self.pool())
                 .await?,
         )

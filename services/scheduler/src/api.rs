@@ -63,16 +63,28 @@ impl JobApi {
     }
 
     async fn to_proto(&self, row: &JobRow) -> Result<pb::Job, Error> {
-        let attempts = self.store.attempts(row.id).await?;
-        let mut job = job_to_proto(row, &attempts);
-        job.depends_on = self
-            .store
-            .dependencies(row.id)
-            .await?
+        let mut jobs = self.to_protos(std::slice::from_ref(row)).await?;
+        jobs.pop().ok_or_else(|| Error::internal("job vanished while loading"))
+    }
+
+    /// The API form of the rows, with their attempts and dependencies (two queries in all).
+    async fn to_protos(&self, rows: &[JobRow]) -> Result<Vec<pb::Job>, Error> {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let attempts = self.store.attempts_of(&ids).await?;
+        let dependencies = self.store.dependencies_of(&ids).await?;
+        Ok(rows
             .iter()
-            .map(Uuid::to_string)
-            .collect();
-        Ok(job)
+            .map(|row| {
+                let own: Vec<_> = attempts.iter().filter(|a| a.job_id == row.id).cloned().collect();
+                let mut job = job_to_proto(row, &own);
+                job.depends_on = dependencies
+                    .iter()
+                    .filter(|(job_id, _)| *job_id == row.id)
+                    .map(|(_, dependency)| dependency.to_string())
+                    .collect();
+                job
+            })
+            .collect())
     }
 
     fn validate(&self, tenant: &str, spec: pb::JobSpec) -> Result<NewJob, Error> {
@@ -233,10 +245,7 @@ impl JobService for JobApi {
         } else {
             String::new()
         };
-        let mut jobs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            jobs.push(self.to_proto(row).await?);
-        }
+        let jobs = self.to_protos(&rows).await?;
         Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token }))
     }
 
