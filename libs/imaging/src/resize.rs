@@ -1,0 +1,222 @@
+//! Resize plans (cover/inside boxes, never enlarging), SIMD Lanczos3 resizing with
+//! fast_image_resize from the best available source, and EXIF orientation of the outputs.
+
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+use mediamesh_core::Error;
+
+use crate::{Fit, ThumbSpec};
+
+/// A derivative is made from an already made, larger derivative (instead of the full source)
+/// only if that intermediate is still at least this many times larger than the output, so the
+/// result is as sharp as a direct resize.
+const MIN_INTERMEDIATE_RATIO: f64 = 2.0;
+
+/// EXIF orientations 5..=8 display the image transposed.
+pub(crate) fn swaps_axes(orientation: u32) -> bool {
+    (5..=8).contains(&orientation)
+}
+
+/// What to cut from the upright source and at which size to output it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    /// Region of the source, in source pixels (fractional for exact aspect ratios).
+    pub left: f64,
+    pub top: f64,
+    pub width: f64,
+    pub height: f64,
+    /// Source size, to map the region onto intermediates.
+    pub src_w: u32,
+    pub src_h: u32,
+    pub out_w: u32,
+    pub out_h: u32,
+}
+
+impl Plan {
+    pub(crate) fn new(spec: &ThumbSpec, src_w: u32, src_h: u32) -> Self {
+        let (box_w, box_h) = (u64::from(spec.width), u64::from(spec.height));
+        let (sw, sh) = (u64::from(src_w), u64::from(src_h));
+        let full = Plan {
+            left: 0.0,
+            top: 0.0,
+            width: f64::from(src_w),
+            height: f64::from(src_h),
+            src_w,
+            src_h,
+            out_w: src_w,
+            out_h: src_h,
+        };
+        match spec.fit {
+            Fit::Inside => {
+                if sw <= box_w && sh <= box_h {
+                    return full;
+                }
+                // The tighter axis gets the box size; the other is rounded to nearest.
+                let (out_w, out_h) = if sw * box_h >= sh * box_w {
+                    (box_w, div_round(sh * box_w, sw).clamp(1, box_h))
+                } else {
+                    (div_round(sw * box_h, sh).clamp(1, box_w), box_h)
+                };
+                Plan {
+                    out_w: to_u32(out_w),
+                    out_h: to_u32(out_h),
+                    ..full
+                }
+            }
+            Fit::Cover => {
+                if sw <= box_w || sh <= box_h {
+                    // Covering would enlarge: cut the box (or what fits of it) unscaled.
+                    let out_w = sw.min(box_w);
+                    let out_h = sh.min(box_h);
+                    return Plan {
+                        left: ((sw - out_w) / 2) as f64,
+                        top: ((sh - out_h) / 2) as f64,
+                        width: out_w as f64,
+                        height: out_h as f64,
+                        out_w: to_u32(out_w),
+                        out_h: to_u32(out_h),
+                        ..full
+                    };
+                }
+                // Largest centered region with the box's aspect ratio.
+                let (width, height) = if sw * box_h >= sh * box_w {
+                    (sh as f64 * box_w as f64 / box_h as f64, sh as f64)
+                } else {
+                    (sw as f64, sw as f64 * box_h as f64 / box_w as f64)
+                };
+                Plan {
+                    left: (sw as f64 - width) / 2.0,
+                    top: (sh as f64 - height) / 2.0,
+                    width,
+                    height,
+                    out_w: spec.width,
+                    out_h: spec.height,
+                    ..full
+                }
+            }
+        }
+    }
+
+    /// The same plan for the image transposed. Exact for every EXIF orientation (not only a
+    /// transpose) because every region is centered: mirroring maps it onto itself.
+    pub(crate) fn transposed(self) -> Self {
+        Plan {
+            left: self.top,
+            top: self.left,
+            width: self.height,
+            height: self.width,
+            src_w: self.src_h,
+            src_h: self.src_w,
+            out_w: self.out_h,
+            out_h: self.out_w,
+        }
+    }
+
+    pub(crate) fn is_full_frame(&self) -> bool {
+        self.left == 0.0
+            && self.top == 0.0
+            && self.width == f64::from(self.src_w)
+            && self.height == f64::from(self.src_h)
+    }
+
+    pub(crate) fn resamples(&self) -> bool {
+        self.width != f64::from(self.out_w) || self.height != f64::from(self.out_h)
+    }
+
+    /// The region mapped onto an image of `w`×`h` that shows the whole source.
+    pub(crate) fn region_in(&self, w: u32, h: u32) -> (f64, f64, f64, f64) {
+        let sx = f64::from(w) / f64::from(self.src_w);
+        let sy = f64::from(h) / f64::from(self.src_h);
+        let (w, h) = (f64::from(w), f64::from(h));
+        let left = (self.left * sx).clamp(0.0, w);
+        let top = (self.top * sy).clamp(0.0, h);
+        // Rounding must not push the region past the image edge.
+        let right = ((self.left + self.width) * sx).clamp(left, w);
+        let bottom = ((self.top + self.height) * sy).clamp(top, h);
+        (left, top, right - left, bottom - top)
+    }
+}
+
+fn div_round(numerator: u64, denominator: u64) -> u64 {
+    (numerator * 2 + denominator) / (denominator * 2)
+}
+
+fn to_u32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// Makes the pixels of one plan, from the smallest intermediate that is still large enough.
+pub(crate) fn render(
+    resizer: &mut Resizer,
+    source: &RgbImage,
+    intermediates: &[RgbImage],
+    plan: &Plan,
+) -> Result<RgbImage, Error> {
+    let mut from = source;
+    if plan.resamples() {
+        for candidate in intermediates {
+            let (_, _, w, h) = plan.region_in(candidate.width(), candidate.height());
+            let large_enough = w >= MIN_INTERMEDIATE_RATIO * f64::from(plan.out_w)
+                && h >= MIN_INTERMEDIATE_RATIO * f64::from(plan.out_h);
+            let smaller = u64::from(candidate.width()) * u64::from(candidate.height())
+                < u64::from(from.width()) * u64::from(from.height());
+            if large_enough && smaller {
+                from = candidate;
+            }
+        }
+    }
+    let (left, top, width, height) = plan.region_in(from.width(), from.height());
+    let mut out = RgbImage::new(plan.out_w, plan.out_h);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .crop(left, top, width, height);
+    resizer
+        .resize(from, &mut out, &options)
+        .map_err(|e| Error::internal(format!("resize failed: {e}")))?;
+    Ok(out)
+}
+
+/// The image turned upright for an EXIF orientation, or `None` when it already is.
+pub(crate) fn orient(image: &RgbImage, orientation: u32) -> Result<Option<RgbImage>, Error> {
+    if !(2..=8).contains(&orientation) {
+        return Ok(None);
+    }
+    let (sw, sh) = (image.width() as usize, image.height() as usize);
+    let (dw, dh) = if swaps_axes(orientation) { (sh, sw) } else { (sw, sh) };
+    if sw == 0 || sh == 0 {
+        return Ok(Some(image.clone()));
+    }
+    // The stored pixel shown at display position (u, v) is `origin + u·du + v·dv` (in pixels).
+    let (sw_i, sh_i) = (sw as isize, sh as isize);
+    let (origin, du, dv): (isize, isize, isize) = match orientation {
+        2 => (sw_i - 1, -1, sw_i),
+        3 => (sh_i * sw_i - 1, -1, -sw_i),
+        4 => ((sh_i - 1) * sw_i, 1, -sw_i),
+        5 => (0, sw_i, 1),
+        6 => ((sh_i - 1) * sw_i, -sw_i, 1),
+        7 => (sh_i * sw_i - 1, -sw_i, -1),
+        _ => (sw_i - 1, sw_i, -1),
+    };
+    let src = image.as_raw();
+    let mut out = vec![0u8; src.len()];
+    // Tiles keep both the reads and the writes in cache for the transposing orientations.
+    const TILE: usize = 32;
+    for v0 in (0..dh).step_by(TILE) {
+        for u0 in (0..dw).step_by(TILE) {
+            for v in v0..(v0 + TILE).min(dh) {
+                let row = origin + v as isize * dv;
+                let out_row = &mut out[v * dw * 3..(v + 1) * dw * 3];
+                for u in u0..(u0 + TILE).min(dw) {
+                    let at = (row + u as isize * du) as usize * 3;
+                    out_row[u * 3..u * 3 + 3].copy_from_slice(&src[at..at + 3]);
+                }
+            }
+        }
+    }
+    match (u32::try_from(dw), u32::try_from(dh)) {
+        (Ok(dw), Ok(dh)) => RgbImage::from_raw(dw, dh, out)
+            .map(Some)
+            .ok_or_else(|| Error::internal("orientation failed")),
+        _ => Err(Error::internal("orientation failed")),
+    }
+}
