@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: runs the whole mesh locally (its own nats-server and PostgreSQL under
-# .mediamesh/demo), uploads the photos in ../shared/fixtures/media, and prints every job,
-# its state and its outputs. The mesh stops when the jobs have ended.
+# .mediamesh/demo), uploads the photos, audio and video in ../shared/fixtures/media, and
+# prints every job, its state and its outputs (thumbnails, waveforms, video frames and
+# previews, probe results). The mesh stops when the jobs have ended.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -16,7 +17,8 @@ dev=$!
 trap 'kill -TERM $dev 2>/dev/null || true; wait $dev 2>/dev/null || true' EXIT
 "$meshctl" health --wait 120
 status=0
-"$meshctl" upload --watch "$fixtures"/*.jpg "$fixtures"/*.png || status=$?
+"$meshctl" upload --watch "$fixtures"/*.jpg "$fixtures"/*.png "$fixtures"/*.wav "$fixtures"/*.mp3 \
+  "$fixtures"/*.ogg "$fixtures"/*.mp4 || status=$?
 echo
 "$meshctl" stats
 kill -TERM "$dev"

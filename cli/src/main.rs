@@ -40,6 +40,9 @@ pub enum Command {
         /// Follow the jobs until they end, with a progress line each
         #[arg(long)]
         watch: bool,
+        /// Upload category: adds the jobs configured for it (MM_PIPELINES on ingest)
+        #[arg(long, default_value = "")]
+        category: String,
     },
     /// Submit a job (on an uploaded media, or over other jobs for `aggregate`)
     Submit {

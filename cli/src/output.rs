@@ -41,6 +41,7 @@ pub fn job_json(job: &pb::Job) -> Value {
         json!({
             "outputs": r.outputs.iter().map(output_json).collect::<Vec<_>>(),
             "metadata": serde_json::from_str::<Value>(&r.metadata_json).unwrap_or(Value::Null),
+            "reused": r.reused,
         })
     });
     json!({
@@ -101,7 +102,14 @@ pub fn job_line(job: &pb::Job) -> String {
     }
     if let Some(result) = &job.result {
         for o in &result.outputs {
-            line.push_str(&format!(" {}={}x{}({}B)", o.name, o.width, o.height, o.bytes));
+            if o.width > 0 {
+                line.push_str(&format!(" {}={}x{}({}B)", o.name, o.width, o.height, o.bytes));
+            } else {
+                line.push_str(&format!(" {}({}B)", o.name, o.bytes));
+            }
+        }
+        if result.reused {
+            line.push_str(" (reused)");
         }
         if !result.metadata_json.is_empty() && result.outputs.is_empty() {
             line.push_str(&format!(" {}", result.metadata_json));

@@ -221,8 +221,24 @@ async fn cancelling_a_running_job_kills_its_subprocess_within_a_second() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let job = wait_job(&mut jobs, &job.id, JOB_DEADLINE).await.unwrap();
+    let mut job = wait_job(&mut jobs, &job.id, JOB_DEADLINE).await.unwrap();
     assert_eq!(state(&job), pb::JobState::Cancelled);
+    // The attempt closes when the worker reports how it stopped.
+    let deadline = std::time::Instant::now() + JOB_DEADLINE;
+    while job.attempts[0].finished_at.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never reported the cancelled attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        job = jobs
+            .get_job(pb::GetJobRequest { job_id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+    }
     assert_eq!(job.attempts[0].outcome, pb::JobState::Cancelled as i32);
     // The only slot is free again.
     let next = submit(&mut ingest, sleep_spec(json!({ "ms": 1 }))).await;

@@ -7,6 +7,7 @@ mod bad_input;
 mod control;
 mod faults;
 mod jobs;
+mod media;
 mod photos;
 mod restart;
 mod semantics;

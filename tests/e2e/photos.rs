@@ -225,3 +225,34 @@ async fn watch_job_delivers_queued_running_succeeded_in_order() {
     assert_eq!(after, [pb::JobState::Succeeded as i32]);
     mesh.shutdown().await.unwrap();
 }
+
+/// With `MM_THUMB_FORMATS=jpeg,webp` each size also comes as WebP, decodable and the same size
+/// as its JPEG.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webp_derivatives_come_from_configuration() {
+    let mesh = Mesh::start_with(|c| c.media.thumb_formats = "jpeg,webp".to_owned())
+        .await
+        .unwrap();
+    let mut ingest = mesh.ingest();
+    let mut jobs = mesh.jobs();
+    let file = "Dragonfly_by_Bolly.jpg";
+    let response = upload(&mut ingest, file, &read_fixture(file)).await.unwrap();
+    let media_id = response.media.unwrap().id;
+    for job in &response.jobs {
+        let done = wait_job(&mut jobs, &job.id, JOB_DEADLINE).await.unwrap();
+        assert_eq!(done.state, pb::JobState::Succeeded as i32, "{:?}", done.error);
+    }
+    for (name, size) in [("thumb", (150, 150)), ("medium", (800, 600)), ("large", (1440, 1080))] {
+        let jpeg = decode_jpeg(&download(&mut ingest, &media_id, name).await.unwrap());
+        let webp = download(&mut ingest, &media_id, &format!("{name}_webp")).await.unwrap();
+        assert_eq!(
+            image::guess_format(&webp).ok(),
+            Some(image::ImageFormat::WebP),
+            "{name}_webp"
+        );
+        let webp = image::load_from_memory_with_format(&webp, image::ImageFormat::WebP).unwrap();
+        assert_eq!(webp.dimensions(), size, "{name}_webp");
+        assert_eq!(jpeg.dimensions(), size, "{name}");
+    }
+    mesh.shutdown().await.unwrap();
+}

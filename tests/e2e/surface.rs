@@ -82,6 +82,18 @@ async fn health_reflection_and_declared_inference() {
         .unwrap()
         .into_inner();
     assert_eq!((probe.format.as_str(), probe.width, probe.height), ("jpeg", 4224, 3168));
+    assert!(probe.progressive, "Dragonfly is a progressive JPEG");
+    assert_eq!(probe.color_space, "srgb");
+    assert_eq!(probe.phash.len(), 16, "64-bit hash in hex: {:?}", probe.phash);
+    assert!(!probe.dominant_colors.is_empty() && probe.dominant_colors.len() <= 5);
+    let share: f32 = probe.dominant_colors.iter().map(|c| c.share).sum();
+    assert!((share - 1.0).abs() < 0.01, "shares add up: {share}");
+    assert!(
+        probe
+            .dominant_colors
+            .iter()
+            .all(|c| c.hex.len() == 7 && c.hex.starts_with('#'))
+    );
     let status = media
         .probe(pb::ProbeRequest {
             source: Some(pb::probe_request::Source::Data(b"not an image".to_vec())),

@@ -122,6 +122,15 @@ impl Blob {
         BufWriter::new(Arc::clone(&self.store), Path::from(key))
     }
 
+    /// Copies a blob inside the store (server-side where the store can).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        match self.store.copy(&Path::from(from), &Path::from(to)).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound(from.to_owned())),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.store.rename(&Path::from(from), &Path::from(to)).await?;
         Ok(())
@@ -151,6 +160,12 @@ impl Blob {
 /// Where an upload's original bytes live.
 pub fn original_key(media_id: &impl std::fmt::Display) -> String {
     format!("media/{media_id}/original")
+}
+
+/// Where the record of a finished piece of work on some bytes lives: the sha256 of the bytes
+/// and a fingerprint of the kind and its settings, so the same bytes are not processed twice.
+pub fn reuse_key(sha256: &str, fingerprint: &str) -> String {
+    format!("reuse/{sha256}/{fingerprint}.json")
 }
 
 /// Where a derivative of a media lives; the same for every attempt, so a re-run overwrites it.

@@ -115,7 +115,15 @@ impl JobKind {
     /// Whether this build has a worker for the kind. Submitting one that has none is
     /// `UNSUPPORTED`, so that no job waits forever for a worker that does not exist.
     pub fn is_available(self) -> bool {
-        matches!(self, Self::MediaProbe | Self::MediaThumbnails | Self::Aggregate)
+        matches!(
+            self,
+            Self::MediaProbe
+                | Self::MediaThumbnails
+                | Self::MediaWaveform
+                | Self::MediaVideoThumbnail
+                | Self::MediaVideoPreview
+                | Self::Aggregate
+        )
     }
 
     /// Kinds that exist for tests only and are refused unless test kinds are enabled.
@@ -248,6 +256,12 @@ impl MediaKind {
             Self::Audio => pb::MediaKind::Audio,
             Self::Video => pb::MediaKind::Video,
         }
+    }
+}
+
+impl fmt::Display for MediaKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

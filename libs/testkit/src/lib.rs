@@ -282,19 +282,36 @@ pub async fn upload(
     filename: &str,
     data: &[u8],
 ) -> std::result::Result<pb::UploadMediaResponse, tonic::Status> {
+    upload_as(client, "", "", filename, data).await
+}
+
+/// Uploads `data` in 256 KiB chunks as `tenant` (empty: the default one), in an upload
+/// `category` (empty: none).
+pub async fn upload_as(
+    client: &mut IngestServiceClient<Channel>,
+    tenant: &str,
+    category: &str,
+    filename: &str,
+    data: &[u8],
+) -> std::result::Result<pb::UploadMediaResponse, tonic::Status> {
     let mut parts = vec![pb::UploadMediaRequest {
         part: Some(pb::upload_media_request::Part::Header(pb::UploadHeader {
             filename: filename.to_owned(),
             content_type: String::new(),
+            category: category.to_owned(),
         })),
     }];
     parts.extend(data.chunks(256 * 1024).map(|chunk| pb::UploadMediaRequest {
         part: Some(pb::upload_media_request::Part::Chunk(chunk.to_vec())),
     }));
-    client
-        .upload_media(futures::stream::iter(parts))
-        .await
-        .map(tonic::Response::into_inner)
+    let mut request = tonic::Request::new(futures::stream::iter(parts));
+    if !tenant.is_empty() {
+        let value = tenant
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("tenant is not a valid header value"))?;
+        request.metadata_mut().insert(mediamesh_core::TENANT_METADATA, value);
+    }
+    client.upload_media(request).await.map(tonic::Response::into_inner)
 }
 
 /// Follows a job with `WatchJob` until its stream ends (at a terminal state); returns every

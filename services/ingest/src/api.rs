@@ -16,8 +16,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::IngestConfig;
 use crate::upload::{self, Staged};
+use crate::{IngestConfig, Pipelines};
 
 const DOWNLOAD_CHUNK: usize = 256 * 1024;
 /// Jobs in one `SubmitJobs` call, at most.
@@ -44,16 +44,18 @@ pub struct IngestApi {
     jobs: JobServiceClient<Channel>,
     internal: SchedulerInternalServiceClient<Channel>,
     config: IngestConfig,
+    pipelines: Pipelines,
 }
 
 impl IngestApi {
-    pub fn new(store: Store, blob: Blob, scheduler: Channel, config: IngestConfig) -> Self {
+    pub fn new(store: Store, blob: Blob, scheduler: Channel, config: IngestConfig, pipelines: Pipelines) -> Self {
         Self {
             store,
             blob,
             jobs: JobServiceClient::new(scheduler.clone()),
             internal: SchedulerInternalServiceClient::new(scheduler),
             config,
+            pipelines,
         }
     }
 
@@ -124,6 +126,7 @@ impl IngestApi {
                 staged.declared_type
             ))
         })?;
+        let kinds = self.pipelines.kinds_for(sniffed.kind, &staged.category)?;
         let (mut width, mut height) = (None, None);
         if sniffed.kind == MediaKind::Image {
             let (w, h) = mediamesh_sniff::image_dimensions(&staged.head)?;
@@ -173,7 +176,7 @@ impl IngestApi {
             let _ = self.blob.delete(&key).await;
             return self.deduplicated(tenant, row).await;
         }
-        let specs = pipeline(sniffed.kind, media_id);
+        let specs = pipeline(&kinds, media_id);
         let jobs = if specs.is_empty() {
             Vec::new()
         } else {
@@ -210,18 +213,12 @@ impl IngestApi {
     }
 }
 
-/// The jobs an upload of this kind calls for.
-fn pipeline(kind: MediaKind, media_id: Uuid) -> Vec<pb::JobSpec> {
-    let kinds: &[&str] = match kind {
-        MediaKind::Image => &["media.probe", "media.thumbnails"],
-        // Audio and video are stored; their pipelines (waveform, transcription, previews) are
-        // not in this release.
-        MediaKind::Audio | MediaKind::Video => &[],
-    };
+/// The pipeline's jobs on a new media; the idempotency key makes a retried upload harmless.
+fn pipeline(kinds: &[String], media_id: Uuid) -> Vec<pb::JobSpec> {
     kinds
         .iter()
         .map(|kind| pb::JobSpec {
-            kind: (*kind).to_owned(),
+            kind: kind.clone(),
             media_id: media_id.to_string(),
             idempotency_key: format!("pipeline:{media_id}:{kind}"),
             ..Default::default()

@@ -27,6 +27,10 @@ pub struct IngestConfig {
     /// How often health re-checks PostgreSQL and the blob store
     #[arg(long, env = "MM_HEALTH_INTERVAL_MS", default_value_t = 1_000)]
     pub health_interval_ms: u64,
+    /// Jobs per upload, JSON: {"image": [kinds], "audio": [..], "video": [..],
+    /// "categories": {"name": {"image": [extra kinds], ..}}}; empty: the defaults
+    #[arg(long, env = "MM_PIPELINES", default_value = "")]
+    pub pipelines: String,
 }
 
 impl IngestConfig {
@@ -40,6 +44,7 @@ impl IngestConfig {
             max_pixels: 100_000_000,
             db_pool_size: 8,
             health_interval_ms: 1_000,
+            pipelines: String::new(),
         }
     }
 

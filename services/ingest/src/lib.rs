@@ -5,6 +5,7 @@
 
 mod api;
 mod config;
+mod pipeline;
 mod proxy;
 mod upload;
 
@@ -16,6 +17,7 @@ use mediamesh_proto::v1::ingest_service_server::IngestServiceServer;
 use mediamesh_proto::v1::job_service_server::JobServiceServer;
 use mediamesh_server::check;
 use mediamesh_store::Store;
+pub use pipeline::Pipelines;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +32,15 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("invalid scheduler address {0:?}")]
     SchedulerAddr(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 const SERVICES: &[&str] = &["mediamesh.v1.IngestService", "mediamesh.v1.JobService"];
 
 /// Runs ingest until `shutdown`; uploads under way finish before it returns.
 pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let pipelines = Pipelines::parse(&config.pipelines).map_err(Error::Config)?;
     let store = Store::connect_lazy(&config.database_url, config.db_pool_size)?;
     store.migrate_when_ready(Duration::from_secs(60)).await?;
     let blob = Blob::from_url(&config.blob_url)?;
@@ -72,7 +77,7 @@ pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<
         )
     };
 
-    let api = api::IngestApi::new(store.clone(), blob, scheduler.clone(), config.clone());
+    let api = api::IngestApi::new(store.clone(), blob, scheduler.clone(), config.clone(), pipelines);
     let proxy = proxy::JobProxy::new(scheduler, shutdown.clone());
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, "ingest listening");

@@ -17,6 +17,7 @@ pub struct Staged {
     pub key: String,
     pub filename: String,
     pub declared_type: String,
+    pub category: String,
     pub bytes: u64,
     pub sha256: String,
     pub head: Vec<u8>,
@@ -37,9 +38,16 @@ pub async fn receive(
         Ok(None) => return Err(Error::bad_input("upload stream ended before its header")),
         Err(status) => return Err(Error::bad_input(format!("upload stream failed: {}", status.message()))),
     };
-    let pb::UploadHeader { filename, content_type } = header;
+    let pb::UploadHeader {
+        filename,
+        content_type,
+        category,
+    } = header;
     if filename.len() > 1024 {
         return Err(Error::bad_input("filename is longer than 1024 bytes"));
+    }
+    if category.len() > 64 {
+        return Err(Error::bad_input("category is longer than 64 bytes"));
     }
     let mut writer = blob.writer(&key);
     let mut hasher = Sha256::new();
@@ -103,6 +111,7 @@ pub async fn receive(
         key,
         filename,
         declared_type: content_type,
+        category,
         bytes,
         sha256: hex::encode(hasher.finalize()),
         head,

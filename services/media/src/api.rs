@@ -5,7 +5,6 @@ use mediamesh_proto::v1::media_service_server::MediaService;
 use tonic::{Request, Response, Status};
 
 use crate::MediaConfig;
-use crate::image_ops;
 
 const MAX_INLINE: usize = 4 * 1024 * 1024;
 
@@ -50,14 +49,14 @@ impl MediaService for MediaApi {
             None => return Err(Error::bad_input("source is required: media_id or data").into()),
         };
         let limits = self.config.limits();
-        let info = tokio::task::spawn_blocking(move || image_ops::probe(&data, &limits))
+        let info = tokio::task::spawn_blocking(move || mediamesh_imaging::probe(&data, &limits))
             .await
             .map_err(|_| Error::internal("probe task failed"))??;
         Ok(Response::new(probe_to_proto(info)))
     }
 }
 
-pub fn probe_to_proto(info: image_ops::ProbeInfo) -> pb::ProbeResponse {
+pub fn probe_to_proto(info: mediamesh_imaging::ProbeInfo) -> pb::ProbeResponse {
     pb::ProbeResponse {
         format: info.format,
         content_type: info.content_type,
@@ -70,7 +69,20 @@ pub fn probe_to_proto(info: image_ops::ProbeInfo) -> pb::ProbeResponse {
             camera_make: info.exif.camera_make.unwrap_or_default(),
             camera_model: info.exif.camera_model.unwrap_or_default(),
             taken_at: info.exif.taken_at.unwrap_or_default(),
+            lens_model: info.exif.lens_model.unwrap_or_default(),
         }),
         has_alpha: info.has_alpha,
+        progressive: info.progressive,
+        color_space: info.color_space,
+        icc_profile: info.icc_profile.unwrap_or_default(),
+        phash: info.phash,
+        dominant_colors: info
+            .dominant_colors
+            .into_iter()
+            .map(|c| pb::DominantColor {
+                hex: c.hex,
+                share: c.share,
+            })
+            .collect(),
     }
 }

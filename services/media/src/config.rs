@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Media service settings, from flags or `MM_*` variables.
 #[derive(Clone, Debug, clap::Args)]
@@ -31,6 +32,33 @@ pub struct MediaConfig {
     /// How often health re-checks NATS and the blob store
     #[arg(long, env = "MM_HEALTH_INTERVAL_MS", default_value_t = 1_000)]
     pub health_interval_ms: u64,
+    /// The ffmpeg program (audio and video jobs)
+    #[arg(long, env = "MM_FFMPEG", default_value = "ffmpeg")]
+    pub ffmpeg: PathBuf,
+    /// The ffprobe program (probe of audio and video)
+    #[arg(long, env = "MM_FFPROBE", default_value = "ffprobe")]
+    pub ffprobe: PathBuf,
+    /// Thumbnail formats, comma-separated: jpeg, webp
+    #[arg(long, env = "MM_THUMB_FORMATS", default_value = "jpeg")]
+    pub thumb_formats: String,
+    /// Quality of thumbnail derivatives, 1..=100
+    #[arg(long, env = "MM_THUMB_QUALITY", default_value_t = 85)]
+    pub thumb_quality: u8,
+    /// Audio frames per waveform point (a job's payload may set `samples_per_pixel`)
+    #[arg(long, env = "MM_WAVEFORM_SAMPLES_PER_PIXEL", default_value_t = 256)]
+    pub waveform_samples_per_pixel: u32,
+    /// Length of a video preview, in seconds
+    #[arg(long, env = "MM_VIDEO_PREVIEW_SECONDS", default_value_t = 10.0)]
+    pub video_preview_seconds: f64,
+    /// Largest height of a video preview
+    #[arg(long, env = "MM_VIDEO_PREVIEW_MAX_HEIGHT", default_value_t = 720)]
+    pub video_preview_max_height: u32,
+    /// Reuse the outputs of earlier jobs on the same bytes (same sha256, kind and settings)
+    #[arg(long, env = "MM_REUSE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reuse: bool,
+    /// Folder for the temporary files of audio and video jobs (default: the system's)
+    #[arg(long, env = "MM_TMP_DIR")]
+    pub tmp_dir: Option<PathBuf>,
 }
 
 impl MediaConfig {
@@ -45,6 +73,15 @@ impl MediaConfig {
             enable_test_kinds: false,
             grace_ms: 30_000,
             health_interval_ms: 1_000,
+            ffmpeg: PathBuf::from("ffmpeg"),
+            ffprobe: PathBuf::from("ffprobe"),
+            thumb_formats: "jpeg".to_owned(),
+            thumb_quality: 85,
+            waveform_samples_per_pixel: 256,
+            video_preview_seconds: 10.0,
+            video_preview_max_height: 720,
+            reuse: true,
+            tmp_dir: None,
         }
     }
 
@@ -56,8 +93,56 @@ impl MediaConfig {
         }
     }
 
-    pub fn limits(&self) -> crate::image_ops::Limits {
-        crate::image_ops::Limits {
+    /// Checks the settings that can be wrong; called at start so a bad value stops the
+    /// service with a clear message instead of failing every job.
+    pub fn validate(&self) -> Result<(), String> {
+        self.thumb_options()?;
+        if self.waveform_samples_per_pixel == 0 {
+            return Err("MM_WAVEFORM_SAMPLES_PER_PIXEL must be at least 1".to_owned());
+        }
+        if !(self.video_preview_seconds > 0.0 && self.video_preview_seconds <= 600.0) {
+            return Err("MM_VIDEO_PREVIEW_SECONDS must be in (0, 600]".to_owned());
+        }
+        if self.video_preview_max_height < 16 {
+            return Err("MM_VIDEO_PREVIEW_MAX_HEIGHT must be at least 16".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The thumbnail settings: the standard three sizes in each configured format.
+    pub fn thumb_options(&self) -> Result<mediamesh_imaging::ThumbOptions, String> {
+        let mut options = mediamesh_imaging::ThumbOptions::default();
+        if !(1..=100).contains(&self.thumb_quality) {
+            return Err(format!("MM_THUMB_QUALITY must be 1..=100, not {}", self.thumb_quality));
+        }
+        options.quality = self.thumb_quality;
+        let mut formats = Vec::new();
+        for name in self.thumb_formats.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let format = mediamesh_imaging::OutputFormat::parse(name)
+                .ok_or_else(|| format!("MM_THUMB_FORMATS: unknown format {name:?} (jpeg, webp, avif)"))?;
+            if format == mediamesh_imaging::OutputFormat::Avif {
+                return Err("MM_THUMB_FORMATS: AVIF output is not built into this release (jpeg, webp)".to_owned());
+            }
+            if !formats.contains(&format) {
+                formats.push(format);
+            }
+        }
+        if formats.is_empty() {
+            return Err("MM_THUMB_FORMATS names no format".to_owned());
+        }
+        options.formats = formats;
+        Ok(options)
+    }
+
+    pub fn av_tools(&self) -> mediamesh_av::Tools {
+        mediamesh_av::Tools {
+            ffmpeg: self.ffmpeg.clone(),
+            ffprobe: self.ffprobe.clone(),
+        }
+    }
+
+    pub fn limits(&self) -> mediamesh_imaging::Limits {
+        mediamesh_imaging::Limits {
             max_pixels: self.max_pixels,
             ..Default::default()
         }

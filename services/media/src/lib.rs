@@ -1,9 +1,10 @@
-//! The media service: runs `media.*` jobs from JetStream (probe, thumbnails) and serves
-//! `MediaService` for small synchronous operations. It owns nothing durable.
+//! The media service: runs `media.*` jobs from JetStream (probe, thumbnails, waveform, video
+//! thumbnail and preview) and serves `MediaService` for small synchronous operations. It owns
+//! nothing durable.
 
 mod api;
 mod config;
-pub mod image_ops;
+mod jobs;
 mod test_kind;
 mod worker;
 
@@ -26,6 +27,8 @@ pub enum Error {
     Server(#[from] mediamesh_server::Error),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 const SERVICES: &[&str] = &["mediamesh.v1.MediaService"];
@@ -33,6 +36,11 @@ const SERVICES: &[&str] = &["mediamesh.v1.MediaService"];
 /// Runs the media service until `shutdown`; jobs under way finish (within the grace period)
 /// before it returns.
 pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    config.validate().map_err(Error::Config)?;
+    match config.av_tools().check().await {
+        Ok(version) => tracing::info!(ffmpeg = %version, "ffmpeg found"),
+        Err(err) => tracing::warn!(error = %err.message, "audio and video jobs will fail until ffmpeg is installed"),
+    }
     let blob = Blob::from_url(&config.blob_url)?;
     let bus = Bus::connect(
         &config.nats_url,

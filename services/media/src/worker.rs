@@ -6,23 +6,23 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use mediamesh_blob::Blob;
 use mediamesh_bus::async_nats::jetstream::{AckKind, Message};
-use mediamesh_bus::{Bus, JobMessage, Update, WorkerEvent};
+use mediamesh_bus::{Bus, JobMessage, WorkerEvent};
 use mediamesh_core::{Error, ErrorCode, JobKind};
-use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::MediaConfig;
-use crate::image_ops;
+use crate::{MediaConfig, jobs};
 
 type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
+
+/// How long a cancelled or timed-out job may take to stop its subprocesses and clean up.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct Ctx {
@@ -231,12 +231,24 @@ async fn run_job(ctx: &Ctx, message: Message, mut job: JobMessage) {
     };
     let timeout = Duration::from_millis(job.timeout_ms.max(1));
     let started_at = std::time::Instant::now();
+    let work = execute(ctx, &job, token.clone(), started_at + timeout);
+    tokio::pin!(work);
+    // On a cancel or a timeout the work gets a moment to stop its subprocesses and clean up
+    // (it watches the same token) before it is dropped.
+    let stop = |work| async move {
+        let _ = tokio::time::timeout(STOP_GRACE, work).await;
+    };
     let outcome = tokio::select! {
-        result = tokio::time::timeout(timeout, execute(ctx, &job, token.clone())) => match result {
-            Ok(result) => result,
-            Err(_) => Err(Error::new(ErrorCode::Timeout, format!("attempt timed out after {} ms", job.timeout_ms))),
-        },
-        () = token.cancelled() => Err(Error::new(ErrorCode::Cancelled, "cancelled by request")),
+        result = &mut work => result,
+        () = tokio::time::sleep(timeout) => {
+            token.cancel();
+            stop(work).await;
+            Err(Error::new(ErrorCode::Timeout, format!("attempt timed out after {} ms", job.timeout_ms)))
+        }
+        () = token.cancelled() => {
+            stop(work).await;
+            Err(Error::new(ErrorCode::Cancelled, "cancelled by request"))
+        }
     };
     heartbeat.abort();
     forget(ctx, job.job_id);
@@ -298,7 +310,12 @@ async fn report(
     let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
 }
 
-async fn execute(ctx: &Ctx, job: &JobMessage, cancel: CancellationToken) -> Result<serde_json::Value, Error> {
+async fn execute(
+    ctx: &Ctx,
+    job: &JobMessage,
+    cancel: CancellationToken,
+    deadline: std::time::Instant,
+) -> Result<serde_json::Value, Error> {
     let kind = JobKind::parse(&job.kind).map_err(|_| Error::unsupported(format!("unknown job kind {:?}", job.kind)))?;
     if kind == JobKind::TestSleep {
         if !ctx.config.enable_test_kinds {
@@ -309,78 +326,14 @@ async fn execute(ctx: &Ctx, job: &JobMessage, cancel: CancellationToken) -> Resu
     let media_id = job
         .media_id
         .ok_or_else(|| Error::bad_input(format!("job kind {kind} needs a media_id")))?;
-    match kind {
-        JobKind::MediaProbe => {
-            let data = original(ctx, media_id).await?;
-            let limits = ctx.config.limits();
-            let info = tokio::task::spawn_blocking(move || image_ops::probe(&data, &limits))
-                .await
-                .map_err(|_| Error::internal("probe task failed"))??;
-            Ok(json!({ "outputs": [], "metadata": info }))
-        }
-        JobKind::MediaThumbnails => thumbnails(ctx, job, media_id, cancel).await,
-        other => Err(Error::unsupported(format!("the media worker does not run {other}"))),
-    }
-}
-
-async fn original(ctx: &Ctx, media_id: Uuid) -> Result<Bytes, Error> {
-    ctx.blob
-        .get(&mediamesh_blob::original_key(&media_id))
-        .await
-        .map_err(|e| match e {
-            mediamesh_blob::Error::NotFound(_) => Error::not_found(format!("media {media_id} has no original")),
-            other => Error::from(other),
-        })
-}
-
-async fn thumbnails(
-    ctx: &Ctx,
-    job: &JobMessage,
-    media_id: Uuid,
-    cancel: CancellationToken,
-) -> Result<serde_json::Value, Error> {
-    let data = original(ctx, media_id).await?;
-    let limits = ctx.config.limits();
-    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<f32>();
-    let work = tokio::task::spawn_blocking(move || {
-        let mut report = |p: f32| {
-            let _ = progress_tx.send(p);
-        };
-        image_ops::thumbnails(&data, &image_ops::STANDARD_THUMBS, &limits, &mut report)
-    });
-    let forward = {
-        let bus = ctx.bus.clone();
-        let job_id = job.job_id;
-        let attempt = job.attempt;
-        tokio::spawn(async move {
-            while let Some(progress) = progress_rx.recv().await {
-                let update = Update::Progress {
-                    attempt,
-                    progress,
-                    message: "making thumbnails".to_owned(),
-                };
-                let _ = bus.publish_update(job_id, &update).await;
-            }
-        })
+    let job_ctx = jobs::JobCtx {
+        bus: &ctx.bus,
+        blob: &ctx.blob,
+        config: &ctx.config,
+        job,
+        media_id,
+        cancel,
+        deadline,
     };
-    let derivatives = work.await.map_err(|_| Error::internal("thumbnail task failed"))??;
-    let _ = forward.await;
-    if cancel.is_cancelled() {
-        return Err(Error::new(ErrorCode::Cancelled, "cancelled by request"));
-    }
-    let mut outputs = Vec::with_capacity(derivatives.len());
-    for derivative in derivatives {
-        let key = mediamesh_blob::derivative_key(&media_id, &derivative.name, "jpg");
-        let bytes = derivative.jpeg.len();
-        ctx.blob.put(&key, Bytes::from(derivative.jpeg)).await?;
-        outputs.push(json!({
-            "name": derivative.name,
-            "blob_key": key,
-            "content_type": "image/jpeg",
-            "width": derivative.width,
-            "height": derivative.height,
-            "bytes": bytes,
-        }));
-    }
-    Ok(json!({ "outputs": outputs }))
+    jobs::run(&job_ctx, kind).await
 }

@@ -41,6 +41,10 @@ pub fn job_to_proto(row: &JobRow, attempts: &[AttemptRow]) -> pb::Job {
             } else {
                 metadata.to_string()
             },
+            reused: value
+                .get("reused")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
         }
     });
     pb::Job {
