@@ -794,3 +794,73 @@ fn bad_options_are_refused() {
     let (code, _) = code_of(thumbnails(&data, &no_format, &Limits::default(), &mut |_| {}));
     assert_eq!(code, ErrorCode::BadInput);
 }
+
+/// EXIF with GPS (written here with kamadak-exif's writer): probe reports the position, signed
+/// by its references, and no derivative carries it (nor any other metadata).
+#[test]
+fn gps_is_probed_and_never_copied_into_derivatives() {
+    use exif::{Field, In, Rational, Tag, Value};
+    let dms = |d: u32, m: u32, s_hundredths: u32| {
+        Value::Rational(vec![
+            Rational { num: d, denom: 1 },
+            Rational { num: m, denom: 1 },
+            Rational {
+                num: s_hundredths,
+                denom: 100,
+            },
+        ])
+    };
+    let field = |tag: Tag, value: Value| Field {
+        tag,
+        ifd_num: In::PRIMARY,
+        value,
+    };
+    let fields = [
+        field(Tag::Make, Value::Ascii(vec![b"TestCam".to_vec()])),
+        field(Tag::GPSLatitudeRef, Value::Ascii(vec![b"S".to_vec()])),
+        field(Tag::GPSLatitude, dms(33, 51, 3360)),
+        field(Tag::GPSLongitudeRef, Value::Ascii(vec![b"E".to_vec()])),
+        field(Tag::GPSLongitude, dms(151, 12, 5520)),
+        field(Tag::GPSAltitudeRef, Value::Byte(vec![0])),
+        field(
+            Tag::GPSAltitude,
+            Value::Rational(vec![Rational { num: 585, denom: 10 }]),
+        ),
+    ];
+    let mut writer = exif::experimental::Writer::new();
+    for f in &fields {
+        writer.push_field(f);
+    }
+    let mut tiff = Cursor::new(Vec::new());
+    writer.write(&mut tiff, false).unwrap();
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff.into_inner());
+    let photo = with_segment(&jpeg_of(&card(), 90), 0xE1, &app1);
+
+    let info = probe(&photo, &Limits::default()).unwrap();
+    assert_eq!(info.exif.camera_make.as_deref(), Some("TestCam"));
+    let gps = info.exif.gps.expect("GPS read");
+    assert!(
+        (gps.latitude - -(33.0 + 51.0 / 60.0 + 33.6 / 3600.0)).abs() < 1e-6,
+        "{gps:?}"
+    );
+    assert!(
+        (gps.longitude - (151.0 + 12.0 / 60.0 + 55.2 / 3600.0)).abs() < 1e-6,
+        "{gps:?}"
+    );
+    assert_eq!(gps.altitude, Some(58.5));
+
+    for derivative in make(&photo, &ThumbOptions::default()) {
+        assert!(
+            !jpeg_has_metadata(&derivative.data),
+            "{} carries metadata",
+            derivative.name
+        );
+        let text = String::from_utf8_lossy(&derivative.data);
+        assert!(
+            !text.contains("Exif") && !text.contains("TestCam"),
+            "{}",
+            derivative.name
+        );
+    }
+}
