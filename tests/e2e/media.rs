@@ -749,7 +749,7 @@ async fn a_hanging_or_crashing_ffmpeg_is_contained() {
 /// Processes running the script at `path`, or the `sleep 1000` it started.
 fn ffmpeg_pids_for_exact(path: &Path) -> Vec<u32> {
     let path = path.to_string_lossy().into_owned();
-    pids_where(|args| args.iter().any(|a| *a == path) || args == ["sleep", "1000"])
+    pids_where(|args| args.contains(&path) || args == ["sleep", "1000"])
 }
 
 /// The media worker, a process of its own, stays within its memory budget on the 20 MP
