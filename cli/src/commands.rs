@@ -237,7 +237,7 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
             })).collect::<Vec<_>>() });
             print(output, &value, || {
                 let header = format!(
-                    "{:<10} {:<18} {:>7} {:>9} {:>7} {:>9} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8}",
+                    "{:<10} {:<21} {:>7} {:>9} {:>7} {:>9} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8}",
                     "QUEUE",
                     "KIND",
                     "QUEUED",
@@ -254,7 +254,7 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
                 let mut lines = vec![header];
                 for s in &stats {
                     lines.push(format!(
-                        "{:<10} {:<18} {:>7} {:>9} {:>7} {:>9} {:>6} {:>9} {:>8.1} {:>8.1} {:>8.1} {:>8.2}",
+                        "{:<10} {:<21} {:>7} {:>9} {:>7} {:>9} {:>6} {:>9} {:>8.1} {:>8.1} {:>8.1} {:>8.2}",
                         s.queue,
                         s.kind,
                         s.queued,
@@ -565,7 +565,7 @@ async fn follow(jobs_client: &mut JobServiceClient<Channel>, output: Output, job
                         format!("{state} {}", update.message)
                     });
                 } else if output == Output::Text && update.seq > 0 {
-                    println!("  {}  {:<18} {}", job.id, job.kind, state);
+                    println!("  {}  {:<21} {}", job.id, job.kind, state);
                 }
             }
             if let Some(bar) = &bar {

@@ -96,7 +96,7 @@ pub fn media_json(media: &pb::Media) -> Value {
 
 /// One line for a job: id, kind, state, and its outputs or error.
 pub fn job_line(job: &pb::Job) -> String {
-    let mut line = format!("{}  {:<18} {:<10}", job.id, job.kind, state_name(job.state));
+    let mut line = format!("{}  {:<21} {:<10}", job.id, job.kind, state_name(job.state));
     if let Some(error) = &job.error {
         line.push_str(&format!(" {}: {}", code_name(error.code), error.message));
     }
