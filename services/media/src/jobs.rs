@@ -169,7 +169,7 @@ struct Source {
     sha256: String,
     bytes: Option<Bytes>,
     /// Keeps the temporary folder of `path` until the job ends.
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
     path: Option<PathBuf>,
 }
 
@@ -186,15 +186,11 @@ impl Source {
             return Ok(Self {
                 sha256,
                 bytes: Some(bytes),
-                _dir: None,
+                dir: None,
                 path: None,
             });
         }
-        let dir = match &ctx.config.tmp_dir {
-            Some(root) => tempfile::Builder::new().prefix("mm-job-").tempdir_in(root),
-            None => tempfile::Builder::new().prefix("mm-job-").tempdir(),
-        }
-        .map_err(|e| Error::internal(format!("cannot create a temporary folder: {e}")))?;
+        let dir = job_temp_dir(ctx.config)?;
         let path = dir.path().join("original");
         let mut file = tokio::fs::File::create(&path)
             .await
@@ -215,7 +211,7 @@ impl Source {
         Ok(Self {
             sha256: hex::encode(hasher.finalize()),
             bytes: None,
-            _dir: Some(dir),
+            dir: Some(dir),
             path: Some(path),
         })
     }
@@ -234,8 +230,19 @@ impl Source {
 
     /// A folder for outputs next to the original (a new one when the original is in memory).
     fn work_dir(&self) -> Option<&Path> {
-        self._dir.as_ref().map(tempfile::TempDir::path)
+        self.dir.as_ref().map(tempfile::TempDir::path)
     }
+}
+
+/// A temporary folder for one job under `MM_TMP_DIR` (or the system's), removed when dropped.
+fn job_temp_dir(config: &MediaConfig) -> Result<tempfile::TempDir, Error> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("mm-job-");
+    match &config.tmp_dir {
+        Some(root) => builder.tempdir_in(root),
+        None => builder.tempdir(),
+    }
+    .map_err(|e| Error::internal(format!("cannot create a temporary folder: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,7 +300,8 @@ async fn reuse_store(ctx: &JobCtx<'_>, sha256: &str, fingerprint: &str, result: 
 // ---------------------------------------------------------------------------------------------
 // Progress
 
-/// Forwards progress to `mm.updates`, at most a few times a second (and always the last).
+/// Forwards progress to `mm.updates` in order. Every producer already limits how often it
+/// reports (ffmpeg's at most four times a second, the decoders a few times per job).
 struct ProgressSink {
     tx: tokio::sync::mpsc::UnboundedSender<(f32, String)>,
     task: tokio::task::JoinHandle<()>,
@@ -303,34 +311,8 @@ impl ProgressSink {
     fn start(bus: Bus, job_id: Uuid, attempt: u32) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f32, String)>();
         let task = tokio::spawn(async move {
-            let mut last_sent: Option<Instant> = None;
-            let mut pending: Option<(f32, String)> = None;
-            loop {
-                let next = match pending.take() {
-                    Some(p) => {
-                        // Something waits to be sent: send it when the interval is up or a
-                        // newer value arrives.
-                        let wait = last_sent
-                            .map(|t| Duration::from_millis(250).saturating_sub(t.elapsed()))
-                            .unwrap_or_default();
-                        tokio::select! {
-                            newer = rx.recv() => match newer {
-                                Some(newer) => { pending = Some(newer); continue; }
-                                None => { Self::send(&bus, job_id, attempt, p).await; break; }
-                            },
-                            () = tokio::time::sleep(wait) => p,
-                        }
-                    }
-                    None => match rx.recv().await {
-                        Some(p) => {
-                            pending = Some(p);
-                            continue;
-                        }
-                        None => break,
-                    },
-                };
-                Self::send(&bus, job_id, attempt, next).await;
-                last_sent = Some(Instant::now());
+            while let Some(progress) = rx.recv().await {
+                Self::send(&bus, job_id, attempt, progress).await;
             }
         });
         Self { tx, task }
@@ -472,10 +454,7 @@ async fn waveform(ctx: &JobCtx<'_>, source: &Source, format: &str, progress: &Pr
             let (path, _dir) = match source.path() {
                 Ok(path) => (path.to_owned(), None),
                 Err(_) => {
-                    let dir = tempfile::Builder::new()
-                        .prefix("mm-job-")
-                        .tempdir()
-                        .map_err(|e| Error::internal(format!("cannot create a temporary folder: {e}")))?;
+                    let dir = job_temp_dir(ctx.config)?;
                     let path = dir.path().join("original");
                     tokio::fs::write(&path, source.bytes()?)
                         .await
