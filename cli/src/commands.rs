@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::inference_service_client::InferenceServiceClient;
 use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
 use serde_json::{Value, json};
@@ -31,6 +32,7 @@ pub fn error_code(err: &anyhow::Error) -> &'static str {
 struct Clients {
     ingest: IngestServiceClient<Channel>,
     jobs: JobServiceClient<Channel>,
+    inference: InferenceServiceClient<Channel>,
 }
 
 async fn connect(addr: &str) -> Result<Clients> {
@@ -42,7 +44,8 @@ async fn connect(addr: &str) -> Result<Clients> {
         .with_context(|| format!("cannot reach the mesh at {addr} (is `meshctl dev` running? set MM_ADDR)"))?;
     Ok(Clients {
         ingest: IngestServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024),
-        jobs: JobServiceClient::new(channel),
+        jobs: JobServiceClient::new(channel.clone()),
+        inference: InferenceServiceClient::new(channel),
     })
 }
 
@@ -57,7 +60,18 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
     let mut c = connect(addr).await?;
     match command {
         Command::Dev(_) | Command::Health { .. } => bail!("not a client command"),
-        Command::Upload { files, watch, category } => return upload(&mut c, output, &files, watch, &category).await,
+        Command::Upload {
+            files,
+            watch,
+            category,
+            extract_schema,
+        } => {
+            let schema = match extract_schema {
+                Some(arg) => read_schema(&arg)?,
+                None => String::new(),
+            };
+            return upload(&mut c, output, &files, watch, &category, &schema).await;
+        }
         Command::Submit {
             kind,
             media,
@@ -229,7 +243,26 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
                 .await?
                 .into_inner()
                 .stats;
-            let value = json!({ "stats": stats.iter().map(|s| json!({
+            // AI spend, when the inference service answers (it is optional for the stats).
+            let spend = match c.inference.get_spend(pb::GetSpendRequest { days: 7 }).await {
+                Ok(response) => Some(response.into_inner()),
+                Err(status) => {
+                    tracing::debug!(error = %status, "no AI spend");
+                    None
+                }
+            };
+            let spend_json = spend.as_ref().map(|s| {
+                json!({
+                    "today_usd": s.today_usd, "month_usd": s.month_usd,
+                    "daily_budget_usd": s.daily_budget_usd, "monthly_budget_usd": s.monthly_budget_usd,
+                    "lines": s.lines.iter().map(|l| json!({
+                        "day": l.day, "provider": l.provider, "model": l.model, "calls": l.calls,
+                        "failed_calls": l.failed_calls, "tokens_in": l.tokens_in, "tokens_out": l.tokens_out,
+                        "cost_usd": l.cost_usd,
+                    })).collect::<Vec<_>>(),
+                })
+            });
+            let value = json!({ "ai_spend": spend_json, "stats": stats.iter().map(|s| json!({
                 "queue": s.queue, "kind": s.kind, "queued": s.queued, "scheduled": s.scheduled,
                 "running": s.running, "succeeded": s.succeeded, "failed": s.failed, "cancelled": s.cancelled,
                 "succeeded_per_minute": s.succeeded_per_minute, "failed_per_minute": s.failed_per_minute,
@@ -268,6 +301,10 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
                         s.oldest_wait_seconds,
                         s.mean_run_seconds
                     ));
+                }
+                if let Some(spend) = &spend {
+                    lines.push(String::new());
+                    lines.push(spend_lines(spend));
                 }
                 lines.join("\n")
             });
@@ -396,12 +433,59 @@ fn job_detail(job: &pb::Job) -> String {
     lines.join("\n")
 }
 
-async fn upload(c: &mut Clients, output: Output, files: &[PathBuf], watch: bool, category: &str) -> Result<ExitCode> {
+/// A JSON Schema given inline or as `@file` / a path to a file.
+fn read_schema(arg: &str) -> Result<String> {
+    let trimmed = arg.trim();
+    let text = if trimmed.starts_with('{') {
+        trimmed.to_owned()
+    } else {
+        let path = trimmed.strip_prefix('@').unwrap_or(trimmed);
+        std::fs::read_to_string(path).with_context(|| format!("reading the schema {path}"))?
+    };
+    serde_json::from_str::<Value>(&text).with_context(|| "the extract schema is not JSON")?;
+    Ok(text)
+}
+
+/// The AI spend block of `meshctl stats`.
+fn spend_lines(spend: &pb::GetSpendResponse) -> String {
+    let budget = |b: f64| if b > 0.0 { format!(" of ${b:.2}") } else { String::new() };
+    let mut lines = vec![format!(
+        "AI spend: today ${:.4}{}, this month ${:.4}{}",
+        spend.today_usd,
+        budget(spend.daily_budget_usd),
+        spend.month_usd,
+        budget(spend.monthly_budget_usd)
+    )];
+    if spend.lines.is_empty() {
+        lines.push("  no provider calls in the last 7 days".to_owned());
+    } else {
+        lines.push(format!(
+            "  {:<10} {:<12} {:<24} {:>6} {:>6} {:>10} {:>10} {:>10}",
+            "DAY", "PROVIDER", "MODEL", "CALLS", "FAILED", "TOKENS_IN", "TOKENS_OUT", "COST_USD"
+        ));
+        for l in &spend.lines {
+            lines.push(format!(
+                "  {:<10} {:<12} {:<24} {:>6} {:>6} {:>10} {:>10} {:>10.4}",
+                l.day, l.provider, l.model, l.calls, l.failed_calls, l.tokens_in, l.tokens_out, l.cost_usd
+            ));
+        }
+    }
+    lines.join("\n")
+}
+
+async fn upload(
+    c: &mut Clients,
+    output: Output,
+    files: &[PathBuf],
+    watch: bool,
+    category: &str,
+    extract_schema: &str,
+) -> Result<ExitCode> {
     let mut results = Vec::new();
     let mut all_jobs = Vec::new();
     let mut failed = false;
     for file in files {
-        match upload_one(&mut c.ingest, file, category).await {
+        match upload_one(&mut c.ingest, file, category, extract_schema).await {
             Ok(response) => {
                 let media = response.media.clone().unwrap_or_default();
                 if output == Output::Text {
@@ -421,6 +505,9 @@ async fn upload(c: &mut Clients, output: Output, files: &[PathBuf], watch: bool,
                     );
                     for job in &response.jobs {
                         println!("  {}", job_line(job));
+                    }
+                    for skipped in &response.skipped {
+                        println!("  {:<21} not created: {}", skipped.kind, skipped.reason);
                     }
                 }
                 all_jobs.extend(response.jobs.iter().cloned());
@@ -463,6 +550,7 @@ async fn upload(c: &mut Clients, output: Output, files: &[PathBuf], watch: bool,
                     "file": file.display().to_string(),
                     "media": r.media.as_ref().map(media_json),
                     "deduplicated": r.deduplicated,
+                    "skipped": r.skipped.iter().map(|s| json!({"kind": s.kind, "reason": s.reason})).collect::<Vec<_>>(),
                     "jobs": r.jobs.iter().map(|j| job_json(finished.get(&j.id).unwrap_or(j))).collect::<Vec<_>>(),
                 }),
                 Err(err) => json!({
@@ -485,6 +573,7 @@ async fn upload_one(
     ingest: &mut IngestServiceClient<Channel>,
     path: &Path,
     category: &str,
+    extract_schema: &str,
 ) -> Result<pb::UploadMediaResponse> {
     let mut file = tokio::fs::File::open(path)
         .await
@@ -499,6 +588,7 @@ async fn upload_one(
             filename,
             content_type: String::new(),
             category: category.to_owned(),
+            extract_schema_json: extract_schema.to_owned(),
         })),
     };
     tx.send(header).await.map_err(|_| anyhow!("upload stream closed"))?;

@@ -34,6 +34,9 @@ pub struct DevArgs {
     pub media_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:50054")]
     pub inference_addr: SocketAddr,
+    /// AI providers for the inference jobs (none: the mesh runs without them and says so)
+    #[command(flatten)]
+    pub providers: mediamesh_gateway::ProviderArgs,
     #[command(flatten)]
     pub common: mediamesh_server::CommonArgs,
 }
@@ -95,17 +98,25 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
         .unwrap_or_else(|| format!("file://{}", data.join("blobs").display()));
 
     let shutdown = mediamesh_server::shutdown_on_signals();
-    let ingest = mediamesh_ingest::IngestConfig::new(
+    let mut ingest = mediamesh_ingest::IngestConfig::new(
         args.ingest_addr,
         database_url.clone(),
         blob_url.clone(),
         format!("http://{}", args.scheduler_addr),
     );
-    let scheduler =
+    ingest.inference_addr = format!("http://{}", args.inference_addr);
+    ingest.providers = args.providers.clone();
+    let mut scheduler =
         mediamesh_scheduler::SchedulerConfig::new(args.scheduler_addr, database_url.clone(), nats_url.clone());
+    scheduler.providers = args.providers.clone();
     let media = mediamesh_media::MediaConfig::new(args.media_addr, nats_url.clone(), blob_url.clone());
-    let inference =
-        mediamesh_inference::InferenceConfig::new(args.inference_addr, database_url.clone(), nats_url.clone());
+    let mut inference = mediamesh_inference::InferenceConfig::new(
+        args.inference_addr,
+        database_url.clone(),
+        nats_url.clone(),
+        blob_url.clone(),
+    );
+    inference.providers = args.providers.clone();
     if output == crate::Output::Json {
         println!(
             "{}",

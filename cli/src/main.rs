@@ -43,6 +43,10 @@ pub enum Command {
         /// Upload category: adds the jobs configured for it (MM_PIPELINES on ingest)
         #[arg(long, default_value = "")]
         category: String,
+        /// Audio/video: transcribe, then extract these fields from the transcript (a JSON
+        /// Schema inline, or @FILE)
+        #[arg(long)]
+        extract_schema: Option<String>,
     },
     /// Submit a job (on an uploaded media, or over other jobs for `aggregate`)
     Submit {

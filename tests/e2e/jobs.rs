@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::{JOB_DEADLINE, code_of};
+use crate::{JOB_DEADLINE, as_tenant, code_of};
 
 fn sleep_spec(payload: Value) -> pb::JobSpec {
     pb::JobSpec {
@@ -56,14 +56,6 @@ async fn get(jobs: &mut JobServiceClient<Channel>, job_id: &str) -> pb::Job {
     .into_inner()
     .job
     .unwrap()
-}
-
-fn as_tenant<T>(message: T, tenant: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert(mediamesh_core::TENANT_METADATA, tenant.parse().unwrap());
-    request
 }
 
 fn at(ts: &Option<prost_types::Timestamp>) -> DateTime<Utc> {

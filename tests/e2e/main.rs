@@ -6,6 +6,7 @@
 mod bad_input;
 mod control;
 mod faults;
+mod inference;
 mod jobs;
 mod media;
 mod photos;
@@ -23,4 +24,13 @@ pub const JOB_DEADLINE: Duration = Duration::from_secs(120);
 
 pub fn code_of(status: &tonic::Status) -> ErrorCode {
     ErrorCode::from_status(status)
+}
+
+/// A request made as `tenant` (the `mm-tenant` metadata an internal hop sets).
+pub fn as_tenant<T>(message: T, tenant: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(mediamesh_core::TENANT_METADATA, tenant.parse().unwrap());
+    request
 }

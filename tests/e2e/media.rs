@@ -12,15 +12,7 @@ use mediamesh_testkit::{Mesh, download, read_fixture, upload, upload_as, wait_jo
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use crate::{JOB_DEADLINE, code_of};
-
-fn as_tenant<T>(message: T, tenant: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert(mediamesh_core::TENANT_METADATA, tenant.parse().unwrap());
-    request
-}
+use crate::{JOB_DEADLINE, as_tenant, code_of};
 
 /// Waits for every job of an upload; returns them by kind.
 async fn finish_all(

@@ -7,8 +7,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::code_of;
 
-/// Every service answers health for itself and its gRPC services, serves reflection, and the
-/// inference methods are declared but answer UNIMPLEMENTED with the code UNSUPPORTED.
+/// Every service answers health for itself and its gRPC services, serves reflection, and
+/// without an AI provider the inference methods answer UNIMPLEMENTED with the code UNSUPPORTED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reflection_and_declared_inference() {
     let mut mesh = Mesh::start().await.unwrap();

@@ -58,6 +58,14 @@ async fn every_command_speaks_json_and_exits_with_meaning() {
     let jobs = upload["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|j| j["state"] == "SUCCEEDED"), "{up}");
+    // No AI provider in this mesh: the upload says which job it did not create, and why.
+    assert_eq!(upload["skipped"][0]["kind"], "inference.describe_image", "{up}");
+    assert!(
+        upload["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("MM_OPENAI_API_KEY")
+    );
     let thumbs = jobs.iter().find(|j| j["kind"] == "media.thumbnails").unwrap();
     let thumbs_id = thumbs["id"].as_str().unwrap().to_owned();
     let outputs = thumbs["result"]["outputs"].as_array().unwrap();
@@ -106,6 +114,21 @@ async fn every_command_speaks_json_and_exits_with_meaning() {
     assert_eq!(code, 0);
     assert_eq!(watched["job"]["state"], "SUCCEEDED");
 
+    let speech = fixture("speech_en.wav");
+    let (code, text) = ctl
+        .text(&[
+            "upload",
+            "--watch",
+            "--extract-schema",
+            r#"{"type":"object","properties":{"name":{"type":"string"}}}"#,
+            speech.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("inference.extract") && text.contains("not created: no AI provider"),
+        "{text}"
+    );
     let (code, stats) = ctl.run(&["stats"]).await;
     assert_eq!(code, 0);
     let probe = stats["stats"]
@@ -114,7 +137,9 @@ async fn every_command_speaks_json_and_exits_with_meaning() {
         .iter()
         .find(|s| s["kind"] == "media.probe")
         .unwrap();
-    assert_eq!(probe["succeeded"], 2);
+    assert_eq!(probe["succeeded"], 3);
+    assert_eq!(stats["ai_spend"]["today_usd"], 0.0, "{stats}");
+    assert_eq!(stats["ai_spend"]["lines"], serde_json::json!([]));
 
     // Errors: a stable code in the JSON, a non-zero exit.
     let (code, refused) = ctl.run(&["cancel", &thumbs_id]).await;
@@ -274,5 +299,6 @@ async fn retry_failed_by_filter_cancel_and_stats_from_the_command_line() {
     let (code, text) = ctl.text(&["stats"]).await;
     assert_eq!(code, 0);
     assert!(text.contains("OK/MIN") && text.contains("test.sleep"), "{text}");
+    assert!(text.contains("AI spend: today $0.0000"), "{text}");
     mesh.shutdown().await.unwrap();
 }

@@ -11,6 +11,7 @@
 //! | `mm.cancelled.<job id>` | stream `MM_CANCELLED` (last per subject) | jobs cancelled by request, checked before a job starts |
 
 mod messages;
+pub mod worker;
 
 use std::time::Duration;
 

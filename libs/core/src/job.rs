@@ -115,15 +115,7 @@ impl JobKind {
     /// Whether this build has a worker for the kind. Submitting one that has none is
     /// `UNSUPPORTED`, so that no job waits forever for a worker that does not exist.
     pub fn is_available(self) -> bool {
-        matches!(
-            self,
-            Self::MediaProbe
-                | Self::MediaThumbnails
-                | Self::MediaWaveform
-                | Self::MediaVideoThumbnail
-                | Self::MediaVideoPreview
-                | Self::Aggregate
-        )
+        !self.is_test()
     }
 
     /// Kinds that exist for tests only and are refused unless test kinds are enabled.
@@ -131,9 +123,22 @@ impl JobKind {
         matches!(self, Self::TestSleep)
     }
 
-    /// Whether the kind works on a media (and so needs a `media_id`).
+    /// Whether the kind works on a media (and so needs a `media_id`). `inference.extract`
+    /// takes either a media (its transcript) or a text in its payload.
     pub fn needs_media(self) -> bool {
-        !matches!(self, Self::Aggregate | Self::TestSleep)
+        !matches!(
+            self,
+            Self::Aggregate
+                | Self::TestSleep
+                | Self::InferenceGenerateText
+                | Self::InferenceGenerateImage
+                | Self::InferenceExtract
+        )
+    }
+
+    /// Whether the kind calls an AI provider (and so exists only when one is configured).
+    pub fn is_inference(self) -> bool {
+        self.queue() == Queue::Inference
     }
 
     pub fn default_max_attempts(self) -> u32 {

@@ -8,5 +8,5 @@ mod time;
 
 pub use error::{ERROR_CODE_METADATA, Error, ErrorCode, Result};
 pub use job::{DEFAULT_PRIORITY, DEFAULT_TENANT, JobKind, JobState, MediaKind, Queue};
-pub use request::{TENANT_METADATA, parse_id, tenant_of};
+pub use request::{TENANT_METADATA, client_timeout, parse_id, tenant_of};
 pub use time::{from_timestamp, to_timestamp};

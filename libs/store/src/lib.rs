@@ -1,11 +1,13 @@
 //! PostgreSQL state of mediamesh: the pool, the migrations and the queries of each owning
-//! service (`media` for ingest, `jobs` for the scheduler).
+//! service (`media` for ingest, `jobs` for the scheduler, `ai` for inference).
 
+mod ai;
 mod jobs;
 mod media;
 
 use std::time::Duration;
 
+pub use ai::{AiCall, BudgetRow, SpendRow};
 pub use jobs::{
     AttemptRow, ChildResult, CompletedTransition, DispatchLimits, DueJob, JobEventRow, JobFilter, JobRow, NewJob,
     Pruned, QueueCounts, QueueRates, RetentionPolicy, RetryFilter,

@@ -1,4 +1,6 @@
 use chrono::{DateTime, Utc};
+use mediamesh_core::{MediaKind, to_timestamp};
+use mediamesh_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::{Result, Store};
@@ -16,6 +18,10 @@ pub struct MediaRow {
     pub height: Option<i32>,
     pub blob_key: String,
     pub created_at: DateTime<Utc>,
+    /// The media this one was made from (an enhanced photo's original).
+    pub parent_id: Option<Uuid>,
+    /// How a model made it: task, provider, model, prompt, cost, processing time.
+    pub origin: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -30,6 +36,30 @@ pub struct NewMedia {
     pub width: Option<i32>,
     pub height: Option<i32>,
     pub blob_key: String,
+    pub parent_id: Option<Uuid>,
+    pub origin: Option<serde_json::Value>,
+}
+
+impl MediaRow {
+    /// The media as the API shows it, with the files its finished jobs made.
+    pub fn to_proto(&self, derivatives: Vec<pb::Output>) -> pb::Media {
+        let kind = MediaKind::parse(&self.kind).map_or(pb::MediaKind::Unspecified, MediaKind::to_proto);
+        pb::Media {
+            id: self.id.to_string(),
+            tenant: self.tenant.clone(),
+            filename: self.filename.clone(),
+            content_type: self.content_type.clone(),
+            kind: kind as i32,
+            bytes: u64::try_from(self.bytes).unwrap_or(0),
+            sha256: self.sha256.clone(),
+            width: self.width.and_then(|w| u32::try_from(w).ok()).unwrap_or(0),
+            height: self.height.and_then(|h| u32::try_from(h).ok()).unwrap_or(0),
+            created_at: Some(to_timestamp(self.created_at)),
+            derivatives,
+            parent_id: self.parent_id.map(|id| id.to_string()).unwrap_or_default(),
+            origin_json: self.origin.as_ref().map(ToString::to_string).unwrap_or_default(),
+        }
+    }
 }
 
 impl Store {
@@ -38,8 +68,8 @@ impl Store {
     pub async fn insert_media(&self, media: &NewMedia) -> Result<(MediaRow, bool)> {
         let inserted: Option<MediaRow> = sqlx::query_as(
             "INSERT INTO ingest.media \
-             (id, tenant, filename, content_type, kind, bytes, sha256, width, height, blob_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             (id, tenant, filename, content_type, kind, bytes, sha256, width, height, blob_key, parent_id, origin) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (tenant, sha256) DO NOTHING RETURNING *",
         )
         .bind(media.id)
@@ -52,6 +82,8 @@ impl Store {
         .bind(media.width)
         .bind(media.height)
         .bind(&media.blob_key)
+        .bind(media.parent_id)
+        .bind(&media.origin)
         .fetch_optional(self.pool())
         .await?;
         if let Some(row) = inserted {

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
 pub use mediamesh_localsvc::{NatsOptions, NatsServer, PgOptions, Postgres, free_port};
 use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::inference_service_client::InferenceServiceClient;
 use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
 use mediamesh_proto::v1::media_service_client::MediaServiceClient;
@@ -129,6 +130,7 @@ impl Mesh {
         let blob_url = format!("file://{}", blob_dir.display());
         let addr = || -> Result<SocketAddr> { Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))) };
         let scheduler_addr = addr()?;
+        let inference_addr = addr()?;
         let mut configs = Configs {
             ingest: IngestConfig::new(
                 addr()?,
@@ -138,8 +140,9 @@ impl Mesh {
             ),
             scheduler: SchedulerConfig::new(scheduler_addr, database_url.clone(), nats.url()),
             media: MediaConfig::new(addr()?, nats.url(), blob_url.clone()),
-            inference: InferenceConfig::new(addr()?, database_url, nats.url()),
+            inference: InferenceConfig::new(inference_addr, database_url, nats.url(), blob_url.clone()),
         };
+        configs.ingest.inference_addr = format!("http://{inference_addr}");
         configs.ingest.health_interval_ms = 100;
         configs.scheduler.health_interval_ms = 100;
         configs.scheduler.dispatch_interval_ms = 50;
@@ -150,6 +153,8 @@ impl Mesh {
         configs.media.enable_test_kinds = true;
         configs.media.health_interval_ms = 100;
         configs.inference.health_interval_ms = 100;
+        configs.inference.ack_wait_ms = 2_000;
+        configs.inference.grace_ms = 5_000;
         tune(&mut configs);
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{}", configs.ingest.listen_addr))?.connect_lazy();
@@ -230,6 +235,11 @@ impl Mesh {
         JobServiceClient::new(self.channel.clone())
     }
 
+    /// `InferenceService` through ingest (the public address).
+    pub fn inference(&self) -> InferenceServiceClient<Channel> {
+        InferenceServiceClient::new(self.channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
     pub fn media(&self) -> MediaServiceClient<Channel> {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.configs.media.listen_addr))
             .map(|e| e.connect_lazy())
@@ -299,6 +309,7 @@ pub async fn upload_as(
             filename: filename.to_owned(),
             content_type: String::new(),
             category: category.to_owned(),
+            extract_schema_json: String::new(),
         })),
     }];
     parts.extend(data.chunks(256 * 1024).map(|chunk| pb::UploadMediaRequest {

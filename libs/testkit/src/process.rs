@@ -211,12 +211,14 @@ impl ProcessMesh {
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
+        let inference_addr = addr()?;
         let mut ingest = common(addr()?);
         ingest.extend(
             [
                 ("MM_DATABASE_URL", database_url.as_str()),
                 ("MM_BLOB_URL", blob_url.as_str()),
                 ("MM_SCHEDULER_ADDR", &format!("http://{scheduler_addr}")),
+                ("MM_INFERENCE_ADDR", &format!("http://{inference_addr}")),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
@@ -236,11 +238,14 @@ impl ProcessMesh {
             );
             media.push(env);
         }
-        let mut inference = common(addr()?);
+        let mut inference = common(inference_addr);
         inference.extend(
             [
                 ("MM_DATABASE_URL", database_url.as_str()),
                 ("MM_NATS_URL", nats_url.as_str()),
+                ("MM_BLOB_URL", blob_url.as_str()),
+                ("MM_ACK_WAIT_MS", "2000"),
+                ("MM_GRACE_MS", "5000"),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );

@@ -1,18 +1,26 @@
-//! The inference service. `InferenceService` is declared and served; its methods answer
-//! UNIMPLEMENTED (with the stable code `UNSUPPORTED`) until the provider gateway lands.
-//! Health, reflection, configuration and shutdown behave as in every other service.
+//! The inference service: runs the `inference.*` jobs from JetStream and serves
+//! `InferenceService`, both through one provider gateway (`mediamesh-gateway`): rate limits,
+//! retries, failover, circuit breakers, a cache keyed by content, model and prompt, budgets
+//! and one `inference.ai_metrics` row per provider call. Without a configured provider it
+//! still starts (health, `GetSpend`), and every task answers `UNSUPPORTED` naming what to set.
 
-use std::net::SocketAddr;
+mod api;
+mod config;
+mod ledger;
+mod tasks;
+mod worker;
+
+use std::sync::Arc;
 use std::time::Duration;
 
+pub use config::InferenceConfig;
+use mediamesh_blob::Blob;
 use mediamesh_bus::{Bus, BusConfig};
-use mediamesh_core::Error as ApiError;
-use mediamesh_proto::v1 as pb;
-use mediamesh_proto::v1::inference_service_server::{InferenceService, InferenceServiceServer};
+use mediamesh_gateway::Gateway;
+use mediamesh_proto::v1::inference_service_server::InferenceServiceServer;
 use mediamesh_server::check;
 use mediamesh_store::Store;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -21,46 +29,68 @@ pub enum Error {
     #[error(transparent)]
     Bus(#[from] mediamesh_bus::Error),
     #[error(transparent)]
+    Blob(#[from] mediamesh_blob::Error),
+    #[error(transparent)]
     Server(#[from] mediamesh_server::Error),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// Inference service settings, from flags or `MM_*` variables.
-#[derive(Clone, Debug, clap::Args)]
-pub struct InferenceConfig {
-    /// gRPC listen address
-    #[arg(long, env = "MM_LISTEN_ADDR", default_value = "0.0.0.0:50054")]
-    pub listen_addr: SocketAddr,
-    /// PostgreSQL URL
-    #[arg(long, env = "MM_DATABASE_URL")]
-    pub database_url: String,
-    /// NATS URL
-    #[arg(long, env = "MM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// How often health re-checks PostgreSQL and NATS
-    #[arg(long, env = "MM_HEALTH_INTERVAL_MS", default_value_t = 1_000)]
-    pub health_interval_ms: u64,
-}
-
-impl InferenceConfig {
-    pub fn new(listen_addr: SocketAddr, database_url: String, nats_url: String) -> Self {
-        Self {
-            listen_addr,
-            database_url,
-            nats_url,
-            health_interval_ms: 1_000,
-        }
-    }
+    #[error("AI provider configuration: {0}")]
+    Config(String),
 }
 
 const SERVICES: &[&str] = &["mediamesh.v1.InferenceService"];
 
 pub async fn serve(config: InferenceConfig, shutdown: CancellationToken) -> Result<(), Error> {
-    let store = Store::connect_lazy(&config.database_url, 4)?;
+    let providers = config.providers.load().map_err(|e| Error::Config(e.message))?;
+    let gateway = Gateway::new(providers).map_err(|e| Error::Config(e.message))?;
+    let tasks: Vec<&str> = gateway.configured_tasks().iter().map(|t| t.as_str()).collect();
+    if tasks.is_empty() {
+        tracing::warn!(
+            "no AI provider is configured: inference jobs and calls answer UNSUPPORTED (set MM_OPENAI_API_KEY, MM_OPENAI_BASE_URL or MM_CONFIG)"
+        );
+    } else {
+        tracing::info!(tasks = %tasks.join(","), "AI providers configured");
+    }
+    let store = Store::connect_lazy(&config.database_url, 8)?;
     store.migrate_when_ready(Duration::from_secs(60)).await?;
-    let bus = Bus::connect(&config.nats_url, "mediamesh-inference", BusConfig::default()).await?;
+    let blob = Blob::from_url(&config.blob_url)?;
+    let bus = Bus::connect(
+        &config.nats_url,
+        "mediamesh-inference",
+        BusConfig {
+            ack_wait: Duration::from_millis(config.ack_wait_ms.max(100)),
+            ..BusConfig::default()
+        },
+    )
+    .await?;
     bus.ensure_streams_when_ready(Duration::from_secs(60)).await?;
+
+    let ledger = Arc::new(ledger::StoreLedger {
+        store: store.clone(),
+        daily_usd: config.daily_budget_usd,
+        monthly_usd: config.monthly_budget_usd,
+    });
+    let inference = Arc::new(tasks::Inference {
+        store: store.clone(),
+        blob,
+        bus: bus.clone(),
+        gateway,
+        ledger,
+        config: config.clone(),
+    });
+
+    let worker_stop = CancellationToken::new();
+    let worker = tokio::spawn(mediamesh_bus::worker::run(
+        bus.clone(),
+        Arc::new(worker::InferenceExecutor {
+            inference: Arc::clone(&inference),
+        }),
+        mediamesh_bus::worker::WorkerOptions {
+            queue: "inference".to_owned(),
+            concurrency: config.concurrency,
+        },
+        worker_stop.clone(),
+    ));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = {
@@ -90,60 +120,22 @@ pub async fn serve(config: InferenceConfig, shutdown: CancellationToken) -> Resu
         )
     };
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
-    tracing::info!(addr = %config.listen_addr, "inference listening");
-    tonic::transport::Server::builder()
+    tracing::info!(addr = %config.listen_addr, concurrency = config.concurrency, "inference listening");
+    let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(mediamesh_server::reflection()?)
-        .add_service(InferenceServiceServer::new(InferenceApi))
+        .add_service(InferenceServiceServer::new(api::InferenceApi::new(inference)))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
-        .await?;
+        .await;
+    worker_stop.cancel();
+    if tokio::time::timeout(Duration::from_millis(config.grace_ms), worker)
+        .await
+        .is_err()
+    {
+        tracing::warn!("inference jobs still running after the grace period; JetStream will redeliver them");
+    }
     let _ = health.await;
     store.close().await;
+    result?;
     Ok(())
-}
-
-#[derive(Clone, Copy)]
-struct InferenceApi;
-
-fn not_yet(method: &str) -> Status {
-    ApiError::unsupported(format!("{method} is not available in this release")).into()
-}
-
-#[tonic::async_trait]
-impl InferenceService for InferenceApi {
-    async fn transcribe(&self, _: Request<pb::TranscribeRequest>) -> Result<Response<pb::TranscribeResponse>, Status> {
-        Err(not_yet("Transcribe"))
-    }
-
-    async fn describe_image(
-        &self,
-        _: Request<pb::DescribeImageRequest>,
-    ) -> Result<Response<pb::DescribeImageResponse>, Status> {
-        Err(not_yet("DescribeImage"))
-    }
-
-    async fn enhance_image(
-        &self,
-        _: Request<pb::EnhanceImageRequest>,
-    ) -> Result<Response<pb::EnhanceImageResponse>, Status> {
-        Err(not_yet("EnhanceImage"))
-    }
-
-    async fn generate_text(
-        &self,
-        _: Request<pb::GenerateTextRequest>,
-    ) -> Result<Response<pb::GenerateTextResponse>, Status> {
-        Err(not_yet("GenerateText"))
-    }
-
-    async fn generate_image(
-        &self,
-        _: Request<pb::GenerateImageRequest>,
-    ) -> Result<Response<pb::GenerateImageResponse>, Status> {
-        Err(not_yet("GenerateImage"))
-    }
-
-    async fn extract(&self, _: Request<pb::ExtractRequest>) -> Result<Response<pb::ExtractResponse>, Status> {
-        Err(not_yet("Extract"))
-    }
 }

@@ -1,10 +1,12 @@
 //! `IngestService`.
 
+use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use mediamesh_blob::Blob;
-use mediamesh_core::{Error, MediaKind, parse_id, tenant_of, to_timestamp};
+use mediamesh_core::{Error, JobKind, MediaKind, parse_id, tenant_of};
 use mediamesh_proto::v1 as pb;
 use mediamesh_proto::v1::ingest_service_server::IngestService;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
@@ -45,10 +47,24 @@ pub struct IngestApi {
     internal: SchedulerInternalServiceClient<Channel>,
     config: IngestConfig,
     pipelines: Pipelines,
+    /// The `inference.*` kinds some configured provider serves.
+    ai_kinds: Arc<HashSet<JobKind>>,
+}
+
+/// Why an inference job is not created.
+pub fn no_provider(kind: JobKind) -> String {
+    format!("no AI provider is configured for {kind} (set MM_OPENAI_API_KEY, MM_OPENAI_BASE_URL or MM_CONFIG)")
 }
 
 impl IngestApi {
-    pub fn new(store: Store, blob: Blob, scheduler: Channel, config: IngestConfig, pipelines: Pipelines) -> Self {
+    pub fn new(
+        store: Store,
+        blob: Blob,
+        scheduler: Channel,
+        config: IngestConfig,
+        pipelines: Pipelines,
+        ai_kinds: HashSet<JobKind>,
+    ) -> Self {
         Self {
             store,
             blob,
@@ -56,6 +72,7 @@ impl IngestApi {
             internal: SchedulerInternalServiceClient::new(scheduler),
             config,
             pipelines,
+            ai_kinds: Arc::new(ai_kinds),
         }
     }
 
@@ -126,7 +143,32 @@ impl IngestApi {
                 staged.declared_type
             ))
         })?;
-        let kinds = self.pipelines.kinds_for(sniffed.kind, &staged.category)?;
+        let (mut kinds, mut skipped) = self.runnable(self.pipelines.kinds_for(sniffed.kind, &staged.category)?);
+        let extract_schema = match (&staged.extract_schema, sniffed.kind) {
+            (None, _) => None,
+            (Some(_), MediaKind::Image) => {
+                return Err(Error::bad_input(
+                    "extract_schema_json needs audio or a video: fields are extracted from the transcript",
+                )
+                .into());
+            }
+            (Some(schema), _) => {
+                let needed = [JobKind::InferenceTranscribe, JobKind::InferenceExtract];
+                if let Some(missing) = needed.iter().find(|k| !self.ai_kinds.contains(k)) {
+                    skipped.push(pb::SkippedJob {
+                        kind: JobKind::InferenceExtract.as_str().to_owned(),
+                        reason: no_provider(*missing),
+                    });
+                    None
+                } else {
+                    let transcribe = JobKind::InferenceTranscribe.as_str().to_owned();
+                    if !kinds.contains(&transcribe) {
+                        kinds.push(transcribe);
+                    }
+                    Some(schema.clone())
+                }
+            }
+        };
         let (mut width, mut height) = (None, None);
         if sniffed.kind == MediaKind::Image {
             let (w, h) = mediamesh_sniff::image_dimensions(&staged.head)?;
@@ -163,6 +205,8 @@ impl IngestApi {
             width,
             height,
             blob_key: key.clone(),
+            parent_id: None,
+            origin: None,
         };
         let (row, inserted) = match self.store.insert_media(&new).await {
             Ok(result) => result,
@@ -194,11 +238,25 @@ impl IngestApi {
                 }
             }
         };
-        tracing::info!(media_id = %media_id, content_type = sniffed.content_type, bytes = staged.bytes, jobs = jobs.len(), "media uploaded");
+        let mut jobs = jobs;
+        if let Some(schema) = extract_schema {
+            match self.create_extract(tenant, media_id, &jobs, schema).await {
+                Ok(job) => jobs.push(job),
+                Err(status) => {
+                    tracing::error!(error = %status, media_id = %media_id, "creating the extract job failed");
+                    skipped.push(pb::SkippedJob {
+                        kind: JobKind::InferenceExtract.as_str().to_owned(),
+                        reason: format!("could not be created: {}", status.message()),
+                    });
+                }
+            }
+        }
+        tracing::info!(media_id = %media_id, content_type = sniffed.content_type, bytes = staged.bytes, jobs = jobs.len(), skipped = skipped.len(), "media uploaded");
         Ok(pb::UploadMediaResponse {
             media: Some(media_to_proto(&row, &[])),
             jobs,
             deduplicated: false,
+            skipped,
         })
     }
 
@@ -209,7 +267,63 @@ impl IngestApi {
             media: Some(media_to_proto(&row, &jobs)),
             jobs,
             deduplicated: true,
+            skipped: Vec::new(),
         })
+    }
+
+    /// Splits a pipeline into the kinds that can run and the inference kinds no provider is
+    /// configured for (with the reason).
+    fn runnable(&self, kinds: Vec<String>) -> (Vec<String>, Vec<pb::SkippedJob>) {
+        let mut run = Vec::with_capacity(kinds.len());
+        let mut skipped = Vec::new();
+        for name in kinds {
+            match JobKind::parse(&name) {
+                Ok(kind) if kind.is_inference() && !self.ai_kinds.contains(&kind) => {
+                    skipped.push(pb::SkippedJob {
+                        kind: name,
+                        reason: no_provider(kind),
+                    });
+                }
+                _ => run.push(name),
+            }
+        }
+        (run, skipped)
+    }
+
+    /// The upload's `inference.extract` job, after its transcription.
+    async fn create_extract(
+        &self,
+        tenant: &str,
+        media_id: Uuid,
+        jobs: &[pb::Job],
+        schema: serde_json::Value,
+    ) -> Result<pb::Job, Status> {
+        let transcribe = jobs
+            .iter()
+            .find(|job| job.kind == JobKind::InferenceTranscribe.as_str())
+            .ok_or_else(|| Error::internal("the transcription job is missing"))?;
+        let kind = JobKind::InferenceExtract.as_str();
+        let spec = pb::JobSpec {
+            kind: kind.to_owned(),
+            media_id: media_id.to_string(),
+            payload_json: serde_json::json!({ "schema": schema }).to_string(),
+            idempotency_key: format!("pipeline:{media_id}:{kind}"),
+            depends_on: vec![transcribe.id.clone()],
+            ..Default::default()
+        };
+        let request = pb::CreateJobsRequest {
+            tenant: tenant.to_owned(),
+            jobs: vec![spec],
+        };
+        self.internal
+            .clone()
+            .create_jobs(forward(tenant, request))
+            .await?
+            .into_inner()
+            .jobs
+            .into_iter()
+            .find_map(|c| c.job)
+            .ok_or_else(|| Error::internal("the scheduler created no extract job").into())
     }
 }
 
@@ -235,20 +349,7 @@ fn derivatives(jobs: &[pb::Job]) -> Vec<pb::Output> {
 }
 
 fn media_to_proto(row: &MediaRow, jobs: &[pb::Job]) -> pb::Media {
-    let kind = MediaKind::parse(&row.kind).map_or(pb::MediaKind::Unspecified, MediaKind::to_proto);
-    pb::Media {
-        id: row.id.to_string(),
-        tenant: row.tenant.clone(),
-        filename: row.filename.clone(),
-        content_type: row.content_type.clone(),
-        kind: kind as i32,
-        bytes: u64::try_from(row.bytes).unwrap_or(0),
-        sha256: row.sha256.clone(),
-        width: row.width.and_then(|w| u32::try_from(w).ok()).unwrap_or(0),
-        height: row.height.and_then(|h| u32::try_from(h).ok()).unwrap_or(0),
-        created_at: Some(to_timestamp(row.created_at)),
-        derivatives: derivatives(jobs),
-    }
+    row.to_proto(derivatives(jobs))
 }
 
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadMediaResponse, Status>> + Send>>;

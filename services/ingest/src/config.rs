@@ -31,6 +31,12 @@ pub struct IngestConfig {
     /// "categories": {"name": {"image": [extra kinds], ..}}}; empty: the defaults
     #[arg(long, env = "MM_PIPELINES", default_value = "")]
     pub pipelines: String,
+    /// The inference service's gRPC address (`InferenceService` is forwarded to it)
+    #[arg(long, env = "MM_INFERENCE_ADDR", default_value = "http://127.0.0.1:50054")]
+    pub inference_addr: String,
+    /// The AI providers: which `inference.*` pipeline jobs can exist
+    #[command(flatten)]
+    pub providers: mediamesh_gateway::ProviderArgs,
 }
 
 impl IngestConfig {
@@ -45,6 +51,8 @@ impl IngestConfig {
             db_pool_size: 8,
             health_interval_ms: 1_000,
             pipelines: String::new(),
+            inference_addr: "http://127.0.0.1:50054".to_owned(),
+            providers: mediamesh_gateway::ProviderArgs::default(),
         }
     }
 

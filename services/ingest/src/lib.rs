@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub use config::IngestConfig;
 use mediamesh_blob::Blob;
+use mediamesh_proto::v1::inference_service_server::InferenceServiceServer;
 use mediamesh_proto::v1::ingest_service_server::IngestServiceServer;
 use mediamesh_proto::v1::job_service_server::JobServiceServer;
 use mediamesh_server::check;
@@ -36,11 +37,16 @@ pub enum Error {
     Config(String),
 }
 
-const SERVICES: &[&str] = &["mediamesh.v1.IngestService", "mediamesh.v1.JobService"];
+const SERVICES: &[&str] = &[
+    "mediamesh.v1.IngestService",
+    "mediamesh.v1.JobService",
+    "mediamesh.v1.InferenceService",
+];
 
 /// Runs ingest until `shutdown`; uploads under way finish before it returns.
 pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<(), Error> {
     let pipelines = Pipelines::parse(&config.pipelines).map_err(Error::Config)?;
+    let ai_kinds = ai_kinds(&config.providers).map_err(Error::Config)?;
     let store = Store::connect_lazy(&config.database_url, config.db_pool_size)?;
     store.migrate_when_ready(Duration::from_secs(60)).await?;
     let blob = Blob::from_url(&config.blob_url)?;
@@ -77,8 +83,20 @@ pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<
         )
     };
 
-    let api = api::IngestApi::new(store.clone(), blob, scheduler.clone(), config.clone(), pipelines);
+    let inference = tonic::transport::Endpoint::from_shared(config.inference_addr.clone())
+        .map_err(|_| Error::Config(format!("MM_INFERENCE_ADDR {:?} is not a URL", config.inference_addr)))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let api = api::IngestApi::new(
+        store.clone(),
+        blob,
+        scheduler.clone(),
+        config.clone(),
+        pipelines,
+        ai_kinds,
+    );
     let proxy = proxy::JobProxy::new(scheduler, shutdown.clone());
+    let inference_proxy = proxy::InferenceProxy::new(inference);
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, "ingest listening");
     tonic::transport::Server::builder()
@@ -86,9 +104,22 @@ pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<
         .add_service(mediamesh_server::reflection()?)
         .add_service(IngestServiceServer::new(api).max_decoding_message_size(config.max_message_bytes()))
         .add_service(JobServiceServer::new(proxy))
+        .add_service(InferenceServiceServer::new(inference_proxy))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await?;
     let _ = health.await;
     store.close().await;
     Ok(())
+}
+
+/// The `inference.*` kinds the configured providers serve; an unreadable provider
+/// configuration stops the service.
+pub fn ai_kinds(
+    providers: &mediamesh_gateway::ProviderArgs,
+) -> Result<std::collections::HashSet<mediamesh_core::JobKind>, String> {
+    let tasks = providers.tasks().map_err(|e| e.message)?;
+    Ok(tasks
+        .into_iter()
+        .filter_map(mediamesh_gateway::Task::job_kind)
+        .collect())
 }

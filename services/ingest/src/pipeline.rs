@@ -1,5 +1,6 @@
 //! Which jobs an upload triggers: one list per media type, plus extra jobs per upload
-//! category, from `MM_PIPELINES` (JSON). Validated when ingest starts, so a typo in a kind
+//! category, from `MM_PIPELINES` (JSON). The `inference.*` kinds in it are created only when
+//! a provider serves them; otherwise the upload reports them as skipped, with the reason. Validated when ingest starts, so a typo in a kind
 //! stops the service instead of failing every upload.
 
 use std::collections::BTreeMap;
@@ -56,8 +57,16 @@ impl Default for Pipelines {
         let kinds = |list: &[JobKind]| list.iter().map(|k| k.as_str().to_owned()).collect();
         Self {
             base: KindLists {
-                image: kinds(&[JobKind::MediaProbe, JobKind::MediaThumbnails]),
-                audio: kinds(&[JobKind::MediaProbe, JobKind::MediaWaveform]),
+                image: kinds(&[
+                    JobKind::MediaProbe,
+                    JobKind::MediaThumbnails,
+                    JobKind::InferenceDescribeImage,
+                ]),
+                audio: kinds(&[
+                    JobKind::MediaProbe,
+                    JobKind::MediaWaveform,
+                    JobKind::InferenceTranscribe,
+                ]),
                 video: kinds(&[
                     JobKind::MediaProbe,
                     JobKind::MediaVideoThumbnail,
@@ -148,11 +157,11 @@ mod tests {
         let p = Pipelines::parse("").unwrap();
         assert_eq!(
             p.kinds_for(MediaKind::Image, "").unwrap(),
-            ["media.probe", "media.thumbnails"]
+            ["media.probe", "media.thumbnails", "inference.describe_image"]
         );
         assert_eq!(
             p.kinds_for(MediaKind::Audio, "").unwrap(),
-            ["media.probe", "media.waveform"]
+            ["media.probe", "media.waveform", "inference.transcribe"]
         );
         assert_eq!(
             p.kinds_for(MediaKind::Video, "").unwrap(),
@@ -173,7 +182,7 @@ mod tests {
         );
         assert_eq!(
             p.kinds_for(MediaKind::Image, "podcast").unwrap(),
-            ["media.probe", "media.thumbnails"]
+            ["media.probe", "media.thumbnails", "inference.describe_image"]
         );
         let err = p.kinds_for(MediaKind::Audio, "nope").unwrap_err();
         assert!(err.message.contains("podcast"), "{}", err.message);
@@ -192,6 +201,11 @@ mod tests {
                 .contains("does not work on a media")
         );
         assert!(Pipelines::parse(r#"{"imgae": []}"#).unwrap_err().contains("not valid"));
-        assert!(Pipelines::parse(r#"{"categories": {"x": {"video": ["inference.transcribe"]}}}"#).is_err());
+        assert!(
+            Pipelines::parse(r#"{"categories": {"x": {"image": ["inference.generate_text"]}}}"#)
+                .unwrap_err()
+                .contains("does not work on a media")
+        );
+        assert!(Pipelines::parse(r#"{"categories": {"x": {"video": ["inference.transcribe"]}}}"#).is_ok());
     }
 }

@@ -1,11 +1,13 @@
-//! `JobService` on ingest: forwards each call to the scheduler with the caller's tenant, so a
-//! client talks to one address.
+//! `JobService` and `InferenceService` on ingest: forward each call to the scheduler or the
+//! inference service with the caller's tenant, so a client talks to one address.
 
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use mediamesh_core::tenant_of;
 use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::inference_service_client::InferenceServiceClient;
+use mediamesh_proto::v1::inference_service_server::InferenceService;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
 use mediamesh_proto::v1::job_service_server::JobService;
 use tokio_util::sync::CancellationToken;
@@ -123,5 +125,77 @@ impl JobService for JobProxy {
             .clone()
             .get_queue_stats(forward(&tenant, request.into_inner()))
             .await
+    }
+}
+
+/// `InferenceService` on ingest: forwards each call to the inference service with the caller's
+/// tenant and deadline.
+#[derive(Clone)]
+pub struct InferenceProxy {
+    inference: InferenceServiceClient<Channel>,
+}
+
+impl InferenceProxy {
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            inference: InferenceServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+        }
+    }
+}
+
+/// The forwarded request: tenant, trace context and the client's deadline.
+fn onward<T>(request: Request<T>) -> Request<T> {
+    let tenant = tenant_of(&request);
+    let timeout = mediamesh_core::client_timeout(&request);
+    let mut onward = forward(&tenant, request.into_inner());
+    if let Some(timeout) = timeout {
+        onward.set_timeout(timeout);
+    }
+    onward
+}
+
+#[tonic::async_trait]
+impl InferenceService for InferenceProxy {
+    async fn transcribe(
+        &self,
+        request: Request<pb::TranscribeRequest>,
+    ) -> Result<Response<pb::TranscribeResponse>, Status> {
+        self.inference.clone().transcribe(onward(request)).await
+    }
+
+    async fn describe_image(
+        &self,
+        request: Request<pb::DescribeImageRequest>,
+    ) -> Result<Response<pb::DescribeImageResponse>, Status> {
+        self.inference.clone().describe_image(onward(request)).await
+    }
+
+    async fn enhance_image(
+        &self,
+        request: Request<pb::EnhanceImageRequest>,
+    ) -> Result<Response<pb::EnhanceImageResponse>, Status> {
+        self.inference.clone().enhance_image(onward(request)).await
+    }
+
+    async fn generate_text(
+        &self,
+        request: Request<pb::GenerateTextRequest>,
+    ) -> Result<Response<pb::GenerateTextResponse>, Status> {
+        self.inference.clone().generate_text(onward(request)).await
+    }
+
+    async fn generate_image(
+        &self,
+        request: Request<pb::GenerateImageRequest>,
+    ) -> Result<Response<pb::GenerateImageResponse>, Status> {
+        self.inference.clone().generate_image(onward(request)).await
+    }
+
+    async fn extract(&self, request: Request<pb::ExtractRequest>) -> Result<Response<pb::ExtractResponse>, Status> {
+        self.inference.clone().extract(onward(request)).await
+    }
+
+    async fn get_spend(&self, request: Request<pb::GetSpendRequest>) -> Result<Response<pb::GetSpendResponse>, Status> {
+        self.inference.clone().get_spend(onward(request)).await
     }
 }

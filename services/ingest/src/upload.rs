@@ -13,11 +13,15 @@ pub const HEAD_BYTES: usize = 1024 * 1024;
 /// Bytes kept from the end of a file: where end markers live.
 pub const TAIL_BYTES: usize = 64 * 1024;
 
+/// Largest `extract_schema_json` accepted with an upload.
+const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
 pub struct Staged {
     pub key: String,
     pub filename: String,
     pub declared_type: String,
     pub category: String,
+    pub extract_schema: Option<serde_json::Value>,
     pub bytes: u64,
     pub sha256: String,
     pub head: Vec<u8>,
@@ -42,6 +46,7 @@ pub async fn receive(
         filename,
         content_type,
         category,
+        extract_schema_json,
     } = header;
     if filename.len() > 1024 {
         return Err(Error::bad_input("filename is longer than 1024 bytes"));
@@ -49,6 +54,21 @@ pub async fn receive(
     if category.len() > 64 {
         return Err(Error::bad_input("category is longer than 64 bytes"));
     }
+    let extract_schema = if extract_schema_json.trim().is_empty() {
+        None
+    } else {
+        if extract_schema_json.len() > MAX_SCHEMA_BYTES {
+            return Err(Error::bad_input(format!(
+                "extract_schema_json is longer than {MAX_SCHEMA_BYTES} bytes"
+            )));
+        }
+        let schema: serde_json::Value = serde_json::from_str(&extract_schema_json)
+            .map_err(|e| Error::bad_input(format!("extract_schema_json is not JSON: {e}")))?;
+        if !schema.is_object() {
+            return Err(Error::bad_input("extract_schema_json must be a JSON Schema object"));
+        }
+        Some(schema)
+    };
     let mut writer = blob.writer(&key);
     let mut hasher = Sha256::new();
     let mut head = Vec::new();
@@ -112,6 +132,7 @@ pub async fn receive(
         filename,
         declared_type: content_type,
         category,
+        extract_schema,
         bytes,
         sha256: hex::encode(hasher.finalize()),
         head,

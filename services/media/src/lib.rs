@@ -54,10 +54,18 @@ pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(
     bus.ensure_streams_when_ready(Duration::from_secs(60)).await?;
 
     let worker_stop = CancellationToken::new();
-    let worker = tokio::spawn(worker::run(
+    let executor = worker::MediaExecutor {
+        bus: bus.clone(),
+        blob: blob.clone(),
+        config: config.clone(),
+    };
+    let worker = tokio::spawn(mediamesh_bus::worker::run(
         bus.clone(),
-        blob.clone(),
-        config.clone(),
+        std::sync::Arc::new(executor),
+        mediamesh_bus::worker::WorkerOptions {
+            queue: "media".to_owned(),
+            concurrency: config.concurrency(),
+        },
         worker_stop.clone(),
     ));
 

@@ -1,339 +1,55 @@
-//! Pulls `media.*` jobs from the `media` consumer, runs them with a per-attempt timeout,
-//! heartbeats (in-progress acks) and cancellation, and reports each outcome to `MM_EVENTS`
-//! before acking the job message.
+//! The media service's [`Executor`]: `media.*` kinds (and `test.sleep` when enabled) for the
+//! shared worker loop in `mediamesh_bus::worker`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use chrono::Utc;
-use futures::StreamExt;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use mediamesh_blob::Blob;
-use mediamesh_bus::async_nats::jetstream::{AckKind, Message};
-use mediamesh_bus::{Bus, JobMessage, WorkerEvent};
-use mediamesh_core::{Error, ErrorCode, JobKind};
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-use uuid::Uuid;
+use mediamesh_bus::worker::{Attempt, Executor};
+use mediamesh_bus::{Bus, JobMessage};
+use mediamesh_core::{Error, JobKind};
 
 use crate::{MediaConfig, jobs};
 
-type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
-
-/// How long a cancelled or timed-out job may take to stop its subprocesses and clean up.
-const STOP_GRACE: Duration = Duration::from_secs(5);
-
-#[derive(Clone)]
-struct Ctx {
-    bus: Bus,
-    blob: Blob,
-    config: MediaConfig,
-    worker_id: String,
-    running: Running,
+pub struct MediaExecutor {
+    pub bus: Bus,
+    pub blob: Blob,
+    pub config: MediaConfig,
 }
 
-pub fn worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "media".to_owned());
-    let short = Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &short[..8])
-}
-
-pub async fn run(bus: Bus, blob: Blob, config: MediaConfig, stop: CancellationToken) {
-    let ctx = Ctx {
-        worker_id: worker_id(),
-        running: Arc::new(Mutex::new(HashMap::new())),
-        bus,
-        blob,
-        config,
-    };
-    let cancels = tokio::spawn(listen_for_cancels(ctx.clone(), stop.clone()));
-    let slots = Arc::new(Semaphore::new(ctx.config.concurrency()));
-    tracing::info!(worker_id = %ctx.worker_id, "media worker started");
-    'outer: while !stop.is_cancelled() {
-        let consumer = match ctx.bus.job_consumer("media").await {
-            Ok(consumer) => consumer,
-            Err(err) => {
-                tracing::warn!(error = %err, "media consumer unavailable, retrying");
-                pause(&stop, Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        loop {
-            // Ask for as many jobs as there are free slots, so no job waits in this process
-            // while its ack_wait runs.
-            let first = tokio::select! {
-                () = stop.cancelled() => break 'outer,
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break 'outer,
-                },
-            };
-            let mut permits = vec![first];
-            while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
-                permits.push(permit);
-            }
-            let batch = consumer
-                .batch()
-                .max_messages(permits.len())
-                .expires(Duration::from_secs(1))
-                .messages()
-                .await;
-            let mut messages = match batch {
-                Ok(messages) => messages,
-                Err(err) => {
-                    tracing::warn!(error = %err, "pulling jobs failed, reconnecting");
-                    pause(&stop, Duration::from_millis(500)).await;
-                    continue 'outer;
-                }
-            };
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(message) => {
-                        let Some(permit) = permits.pop() else { break };
-                        let ctx = ctx.clone();
-                        tokio::spawn(async move {
-                            handle(&ctx, message).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(err) => {
-                        tracing::debug!(error = %err, "pull ended");
-                        break;
-                    }
-                }
-            }
-        }
+impl Executor for MediaExecutor {
+    fn execute(&self, job: JobMessage, attempt: Attempt) -> BoxFuture<'static, Result<serde_json::Value, Error>> {
+        let bus = self.bus.clone();
+        let blob = self.blob.clone();
+        let config = self.config.clone();
+        async move { execute(&bus, &blob, &config, &job, attempt).await }.boxed()
     }
-    // Drain: wait until every slot is free again, i.e. every job under way has finished.
-    let total = u32::try_from(ctx.config.concurrency()).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(total).await;
-    cancels.abort();
-    tracing::info!("media worker stopped");
-}
-
-async fn pause(stop: &CancellationToken, d: Duration) {
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = tokio::time::sleep(d) => {}
-    }
-}
-
-async fn listen_for_cancels(ctx: Ctx, stop: CancellationToken) {
-    while !stop.is_cancelled() {
-        match ctx.bus.subscribe_cancels().await {
-            Ok(mut subscriber) => {
-                while let Some(message) = subscriber.next().await {
-                    let id = message
-                        .subject
-                        .as_str()
-                        .rsplit('.')
-                        .next()
-                        .and_then(|s| Uuid::parse_str(s).ok());
-                    if let Some(id) = id
-                        && let Ok(running) = ctx.running.lock()
-                        && let Some(token) = running.get(&id)
-                    {
-                        tracing::info!(job_id = %id, "cancelling running job");
-                        token.cancel();
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot subscribe to cancellations");
-                pause(&stop, Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
-async fn handle(ctx: &Ctx, message: Message) {
-    let job: JobMessage = match serde_json::from_slice(&message.payload) {
-        Ok(job) => job,
-        Err(err) => {
-            tracing::error!(error = %err, subject = %message.subject, "dropping malformed job message");
-            let _ = message.ack_with(AckKind::Term).await;
-            return;
-        }
-    };
-    let span = tracing::info_span!("job", job_id = %job.job_id, kind = %job.kind, attempt = job.attempt);
-    mediamesh_bus::set_parent_from_headers(&span, message.headers.as_ref());
-    run_job(ctx, message, job).instrument(span).await;
-}
-
-async fn run_job(ctx: &Ctx, message: Message, mut job: JobMessage) {
-    // A message JetStream delivers again (its worker died or went silent past ack_wait) is a
-    // new attempt: the scheduler closes the lost one and the attempt budget counts both.
-    let delivered = message.info().map_or(1, |info| info.delivered.max(1));
-    let dispatched_attempt = job.attempt;
-    job.attempt = job
-        .attempt
-        .saturating_add(u32::try_from(delivered - 1).unwrap_or(u32::MAX));
-    let message = Arc::new(message);
-    let token = CancellationToken::new();
-    // Registered before the cancellation check, so that a cancel arriving after the check
-    // reaches the token.
-    if let Ok(mut running) = ctx.running.lock() {
-        running.insert(job.job_id, token.clone());
-    }
-    match ctx.bus.is_cancelled(job.job_id, dispatched_attempt).await {
-        Ok(false) => {}
-        Ok(true) => {
-            tracing::info!("job was cancelled while queued; not running it");
-            forget(ctx, job.job_id);
-            let _ = message.ack_with(AckKind::Term).await;
-            return;
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot check for cancellation; leaving the job for redelivery");
-            forget(ctx, job.job_id);
-            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            return;
-        }
-    }
-    let started = WorkerEvent::Started {
-        job_id: job.job_id,
-        attempt: job.attempt,
-        worker_id: ctx.worker_id.clone(),
-        at: Utc::now(),
-    };
-    if let Err(err) = ctx.bus.publish_event(&started).await {
-        tracing::warn!(error = %err, "cannot report start; leaving the job for redelivery");
-        forget(ctx, job.job_id);
-        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-        return;
-    }
-    if job.max_attempts > 0 && job.attempt > job.max_attempts {
-        forget(ctx, job.job_id);
-        let err = Error::new(
-            ErrorCode::Unavailable,
-            format!(
-                "attempt budget of {} spent: the job was delivered {delivered} times without an outcome (its workers died or went silent)",
-                job.max_attempts
-            ),
-        );
-        report(ctx, &message, &job, Err(err), false).await;
-        return;
-    }
-    let heartbeat = {
-        let message = Arc::clone(&message);
-        let every = ctx.bus.config().ack_wait / 3;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if message.ack_with(AckKind::Progress).await.is_err() {
-                    tracing::debug!("heartbeat failed");
-                }
-            }
-        })
-    };
-    let timeout = Duration::from_millis(job.timeout_ms.max(1));
-    let started_at = std::time::Instant::now();
-    let work = execute(ctx, &job, token.clone(), started_at + timeout);
-    tokio::pin!(work);
-    // On a cancel or a timeout the work gets a moment to stop its subprocesses and clean up
-    // (it watches the same token) before it is dropped.
-    let stop = |work| async move {
-        let _ = tokio::time::timeout(STOP_GRACE, work).await;
-    };
-    let outcome = tokio::select! {
-        result = &mut work => result,
-        () = tokio::time::sleep(timeout) => {
-            token.cancel();
-            stop(work).await;
-            Err(Error::new(ErrorCode::Timeout, format!("attempt timed out after {} ms", job.timeout_ms)))
-        }
-        () = token.cancelled() => {
-            stop(work).await;
-            Err(Error::new(ErrorCode::Cancelled, "cancelled by request"))
-        }
-    };
-    heartbeat.abort();
-    forget(ctx, job.job_id);
-    let elapsed_ms = started_at.elapsed().as_millis();
-    match &outcome {
-        Ok(_) => tracing::info!(elapsed_ms, "job succeeded"),
-        Err(err) => tracing::warn!(elapsed_ms, code = %err.code, error = %err.message, "job failed"),
-    }
-    report(ctx, &message, &job, outcome, true).await;
-}
-
-fn forget(ctx: &Ctx, job_id: Uuid) {
-    if let Ok(mut running) = ctx.running.lock() {
-        running.remove(&job_id);
-    }
-}
-
-/// Reports the outcome to `MM_EVENTS`, then acks the job message. A failure is retryable when
-/// its code is and `retryable` allows it.
-async fn report(
-    ctx: &Ctx,
-    message: &Message,
-    job: &JobMessage,
-    outcome: Result<serde_json::Value, Error>,
-    retryable: bool,
-) {
-    let event = match outcome {
-        Ok(result) => WorkerEvent::Succeeded {
-            job_id: job.job_id,
-            attempt: job.attempt,
-            worker_id: ctx.worker_id.clone(),
-            at: Utc::now(),
-            result,
-        },
-        Err(err) => WorkerEvent::Failed {
-            job_id: job.job_id,
-            attempt: job.attempt,
-            worker_id: ctx.worker_id.clone(),
-            at: Utc::now(),
-            code: err.code.as_str().to_owned(),
-            message: err.message,
-            retryable: retryable && err.code.is_retryable(),
-        },
-    };
-    for attempt in 0..5u32 {
-        match ctx.bus.publish_event(&event).await {
-            Ok(()) => {
-                let _ = message.double_ack().await;
-                return;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, attempt, "cannot report outcome, retrying");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
-            }
-        }
-    }
-    // The outcome could not be recorded: let JetStream redeliver the job; running it again is
-    // harmless (outputs go to the same keys).
-    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
 }
 
 async fn execute(
-    ctx: &Ctx,
+    bus: &Bus,
+    blob: &Blob,
+    config: &MediaConfig,
     job: &JobMessage,
-    cancel: CancellationToken,
-    deadline: std::time::Instant,
+    attempt: Attempt,
 ) -> Result<serde_json::Value, Error> {
     let kind = JobKind::parse(&job.kind).map_err(|_| Error::unsupported(format!("unknown job kind {:?}", job.kind)))?;
     if kind == JobKind::TestSleep {
-        if !ctx.config.enable_test_kinds {
+        if !config.enable_test_kinds {
             return Err(Error::unsupported("test kinds are disabled on this worker"));
         }
-        return crate::test_kind::sleep(&ctx.bus, job, cancel).await;
+        return crate::test_kind::sleep(bus, job, attempt.cancel).await;
     }
     let media_id = job
         .media_id
         .ok_or_else(|| Error::bad_input(format!("job kind {kind} needs a media_id")))?;
     let job_ctx = jobs::JobCtx {
-        bus: &ctx.bus,
-        blob: &ctx.blob,
-        config: &ctx.config,
+        bus,
+        blob,
+        config,
         job,
         media_id,
-        cancel,
-        deadline,
+        cancel: attempt.cancel,
+        deadline: attempt.deadline,
     };
     jobs::run(&job_ctx, kind).await
 }

@@ -34,6 +34,8 @@ pub struct JobApi {
     wake: Arc<Notify>,
     config: SchedulerConfig,
     shutdown: CancellationToken,
+    /// The `inference.*` kinds some configured provider serves; the others are refused.
+    ai_kinds: Arc<std::collections::HashSet<JobKind>>,
 }
 
 impl JobApi {
@@ -43,6 +45,7 @@ impl JobApi {
         wake: Arc<Notify>,
         config: SchedulerConfig,
         shutdown: CancellationToken,
+        ai_kinds: std::collections::HashSet<JobKind>,
     ) -> Self {
         Self {
             store,
@@ -50,6 +53,7 @@ impl JobApi {
             wake,
             config,
             shutdown,
+            ai_kinds: Arc::new(ai_kinds),
         }
     }
 
@@ -109,6 +113,11 @@ impl JobApi {
         if !kind.is_available() && !kind.is_test() {
             return Err(Error::unsupported(format!(
                 "job kind {kind} has no worker in this release"
+            )));
+        }
+        if kind.is_inference() && !self.ai_kinds.contains(&kind) {
+            return Err(Error::unsupported(format!(
+                "no AI provider is configured for {kind} (set MM_OPENAI_API_KEY, MM_OPENAI_BASE_URL or MM_CONFIG)"
             )));
         }
         let media_id = if media_id.is_empty() {

@@ -41,6 +41,9 @@ pub struct SchedulerConfig {
     /// Per-kind defaults as JSON, e.g. {"media.thumbnails":{"max_attempts":5,"timeout_ms":60000,"priority":7}}
     #[arg(long, env = "MM_JOB_DEFAULTS", default_value = "{}", value_parser = parse_job_defaults)]
     pub job_defaults: JobDefaults,
+    /// The AI providers: which `inference.*` kinds are accepted
+    #[command(flatten)]
+    pub providers: mediamesh_gateway::ProviderArgs,
     /// Accept the test.sleep kind (fault tests only; never in production)
     #[arg(long, env = "MM_ENABLE_TEST_KINDS", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_test_kinds: bool,
@@ -95,6 +98,7 @@ impl SchedulerConfig {
             default_max_attempts: 3,
             default_timeout_ms: 300_000,
             job_defaults: JobDefaults::default(),
+            providers: mediamesh_gateway::ProviderArgs::default(),
             enable_test_kinds: false,
             retain_succeeded: 10_000,
             retain_failed: 10_000,

@@ -35,6 +35,8 @@ pub enum Error {
     Blob(#[from] mediamesh_blob::Error),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("AI provider configuration: {0}")]
+    Config(String),
 }
 
 /// Who runs aggregates, as their attempts record it.
@@ -136,7 +138,21 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         )
     };
 
-    let api = api::JobApi::new(store.clone(), bus.clone(), wake, config.clone(), shutdown.clone());
+    let ai_kinds: std::collections::HashSet<_> = config
+        .providers
+        .tasks()
+        .map_err(|e| Error::Config(e.message))?
+        .into_iter()
+        .filter_map(mediamesh_gateway::Task::job_kind)
+        .collect();
+    let api = api::JobApi::new(
+        store.clone(),
+        bus.clone(),
+        wake,
+        config.clone(),
+        shutdown.clone(),
+        ai_kinds,
+    );
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, "scheduler listening");
     tonic::transport::Server::builder()
