@@ -6,7 +6,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /v1/chat/completions` | a `chat.completion`; with a `json_schema` response format the content is an instance of the schema whose values are derived from the input (image dimensions, words of the text) |
-//! | `POST /v1/audio/transcriptions` | `json`, `verbose_json`, `text`, `srt`, `vtt` or `diarized_json`; the duration comes from the WAV header or from the file size |
+//! | `POST /v1/audio/transcriptions` | `json`, `verbose_json`, `text`, `srt`, `vtt` or `diarized_json`; the duration comes from the WAV header, a constant-bit-rate MP3's frame header, or else the file size (16 kB a second) |
 //! | `POST /v1/images/edits` | the uploaded image, slightly brightened, as a PNG |
 //! | `POST /v1/images/generations` | a PNG gradient whose colours depend on the sha256 of the prompt |
 //! | `POST /v1/moderations` | flags inputs containing [`Options::flagged_word`] |

@@ -391,7 +391,7 @@ async fn transcription_verbose_json_from_a_real_wav() {
 }
 
 #[tokio::test]
-async fn transcription_json_of_an_mp3_uses_the_size_and_requested_language() {
+async fn transcription_json_of_an_mp3_uses_its_bit_rate_and_the_requested_language() {
     let ai = FakeAi::start().await.expect("start");
     let mp3 = read_fixture("speech_en.mp3");
     let request = CreateTranscriptionRequestArgs::default()
@@ -407,8 +407,8 @@ async fn transcription_json_of_an_mp3_uses_the_size_and_requested_language() {
         .create(request.clone())
         .await
         .expect("transcription");
-    // 59812 bytes / 16000 bytes per second.
-    assert_eq!(response.text, "transcript [fake] of 3.7s");
+    // 64 kbit/s constant bit rate: 7.44 s (as ffprobe says).
+    assert_eq!(response.text, "transcript [fake] of 7.4s");
 
     let mut verbose = request;
     verbose.response_format = Some(AudioResponseFormat::VerboseJson);
@@ -420,7 +420,11 @@ async fn transcription_json_of_an_mp3_uses_the_size_and_requested_language() {
         .await
         .expect("verbose");
     assert_eq!(response.language, "en");
-    assert!((f64::from(response.duration) - mp3.len() as f64 / 16_000.0).abs() < 0.01);
+    assert!(
+        (f64::from(response.duration) - 7.44).abs() < 0.05,
+        "{}",
+        response.duration
+    );
     let words = response.words.expect("words were requested");
     assert_eq!(words[0].word, "segment");
 }
