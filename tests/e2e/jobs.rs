@@ -198,6 +198,23 @@ async fn cancelling_a_running_job_kills_its_subprocess_within_a_second() {
     .await
     .unwrap();
     assert!(alive(pid), "the subprocess {pid} runs");
+    // The worker's progress (core NATS) can overtake its `started` report (JetStream): wait
+    // until the scheduler has recorded the attempt, so the cancel hits a RUNNING job.
+    let deadline = std::time::Instant::now() + JOB_DEADLINE;
+    loop {
+        let current = jobs
+            .get_job(pb::GetJobRequest { job_id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        if !current.attempts.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the attempt was never recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let cancelled_at = std::time::Instant::now();
     let response = jobs
