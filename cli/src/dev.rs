@@ -34,6 +34,10 @@ pub struct DevArgs {
     pub media_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:50054")]
     pub inference_addr: SocketAddr,
+    /// Serve Prometheus metrics, /livez and /readyz on 127.0.0.1:9101 (ingest), 9102
+    /// (scheduler), 9103 (media) and 9104 (inference)
+    #[arg(long)]
+    pub metrics: bool,
     /// AI providers for the inference jobs (none: the mesh runs without them and says so)
     #[command(flatten)]
     pub providers: mediamesh_gateway::ProviderArgs,
@@ -109,7 +113,7 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
     let mut scheduler =
         mediamesh_scheduler::SchedulerConfig::new(args.scheduler_addr, database_url.clone(), nats_url.clone());
     scheduler.providers = args.providers.clone();
-    let media = mediamesh_media::MediaConfig::new(args.media_addr, nats_url.clone(), blob_url.clone());
+    let mut media = mediamesh_media::MediaConfig::new(args.media_addr, nats_url.clone(), blob_url.clone());
     let mut inference = mediamesh_inference::InferenceConfig::new(
         args.inference_addr,
         database_url.clone(),
@@ -117,6 +121,14 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
         blob_url.clone(),
     );
     inference.providers = args.providers.clone();
+    if args.metrics {
+        let local = |port: u16| Some(SocketAddr::from(([127, 0, 0, 1], port)));
+        ingest.metrics_addr = local(9101);
+        scheduler.metrics_addr = local(9102);
+        media.metrics_addr = local(9103);
+        inference.metrics_addr = local(9104);
+        tracing::info!("metrics on http://127.0.0.1:9101..9104/metrics");
+    }
     if output == crate::Output::Json {
         println!(
             "{}",

@@ -35,11 +35,29 @@ pub struct Attempt {
 }
 
 /// Which queue a worker serves and how many jobs it runs at once.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerOptions {
     /// The queue (`media`, `inference`): its durable consumer is pulled.
     pub queue: String,
     pub concurrency: usize,
+    /// Told when attempts start and finish (metrics).
+    pub observer: Option<Arc<dyn JobObserver>>,
+}
+
+impl std::fmt::Debug for WorkerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOptions")
+            .field("queue", &self.queue)
+            .field("concurrency", &self.concurrency)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+/// Watches the attempts a worker runs (metrics). `outcome` is `OK` or the error code.
+pub trait JobObserver: Send + Sync + 'static {
+    fn started(&self, queue: &str, kind: &str);
+    fn finished(&self, queue: &str, kind: &str, outcome: &str, elapsed: Duration);
 }
 
 type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
@@ -258,6 +276,10 @@ async fn run_job(ctx: &Ctx, message: Message, mut job: JobMessage) {
     };
     let timeout = Duration::from_millis(job.timeout_ms.max(1));
     let started_at = std::time::Instant::now();
+    let kind = job.kind.to_string();
+    if let Some(observer) = &ctx.options.observer {
+        observer.started(&ctx.options.queue, &kind);
+    }
     let work = ctx.executor.execute(
         job.clone(),
         Attempt {
@@ -285,7 +307,15 @@ async fn run_job(ctx: &Ctx, message: Message, mut job: JobMessage) {
     };
     heartbeat.abort();
     forget(ctx, job.job_id);
-    let elapsed_ms = started_at.elapsed().as_millis();
+    let elapsed = started_at.elapsed();
+    let elapsed_ms = elapsed.as_millis();
+    if let Some(observer) = &ctx.options.observer {
+        let code = match &outcome {
+            Ok(_) => "OK",
+            Err(err) => err.code.as_str(),
+        };
+        observer.finished(&ctx.options.queue, &kind, code, elapsed);
+    }
     match &outcome {
         Ok(_) => tracing::info!(elapsed_ms, "job succeeded"),
         Err(err) => tracing::warn!(elapsed_ms, code = %err.code, error = %err.message, "job failed"),

@@ -1,6 +1,8 @@
 //! What every mediamesh service does the same way: common flags, the health reporter driven
 //! by dependency checks, server reflection, and shutdown on SIGTERM / Ctrl-C.
 
+pub mod metrics;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -74,6 +76,26 @@ pub fn spawn_health(
     interval: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_health_with(
+        reporter,
+        services,
+        checks,
+        interval,
+        shutdown,
+        metrics::Readiness::new(),
+    )
+}
+
+/// [`spawn_health`], also reporting the overall status to `readiness` (the metrics server's
+/// `/readyz`).
+pub fn spawn_health_with(
+    reporter: HealthReporter,
+    services: &'static [&'static str],
+    checks: Vec<(&'static str, Check)>,
+    interval: Duration,
+    shutdown: CancellationToken,
+    readiness: metrics::Readiness,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last: Option<bool> = None;
         loop {
@@ -96,6 +118,7 @@ pub fn spawn_health(
                 for service in services.iter().copied().chain([""]) {
                     reporter.set_service_status(service, status).await;
                 }
+                readiness.set(ok);
                 tracing::info!(serving = ok, "health changed");
                 last = Some(ok);
             }
@@ -107,6 +130,7 @@ pub fn spawn_health(
         for service in services.iter().copied().chain([""]) {
             reporter.set_service_status(service, ServingStatus::NotServing).await;
         }
+        readiness.set(false);
     })
 }
 

@@ -143,6 +143,10 @@ impl Mesh {
             inference: InferenceConfig::new(inference_addr, database_url, nats.url(), blob_url.clone()),
         };
         configs.ingest.inference_addr = format!("http://{inference_addr}");
+        configs.ingest.metrics_addr = Some(addr()?);
+        configs.scheduler.metrics_addr = Some(addr()?);
+        configs.media.metrics_addr = Some(addr()?);
+        configs.inference.metrics_addr = Some(addr()?);
         configs.ingest.health_interval_ms = 100;
         configs.scheduler.health_interval_ms = 100;
         configs.scheduler.dispatch_interval_ms = 50;
@@ -179,6 +183,16 @@ impl Mesh {
             Service::Scheduler => self.configs.scheduler.listen_addr,
             Service::Media => self.configs.media.listen_addr,
             Service::Inference => self.configs.inference.listen_addr,
+        }
+    }
+
+    /// Where `service` serves `/metrics`, `/livez` and `/readyz` (None: metrics are off).
+    pub fn metrics_addr(&self, service: Service) -> Option<SocketAddr> {
+        match service {
+            Service::Ingest => self.configs.ingest.metrics_addr,
+            Service::Scheduler => self.configs.scheduler.metrics_addr,
+            Service::Media => self.configs.media.metrics_addr,
+            Service::Inference => self.configs.inference.metrics_addr,
         }
     }
 

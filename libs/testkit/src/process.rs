@@ -185,19 +185,21 @@ impl ProcessMesh {
         let blob_url = format!("file://{}", blob_dir.display());
         let nats_url = nats.url();
         let addr = || -> Result<String> { Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)).to_string()) };
-        let common = |listen: String| -> BTreeMap<String, String> {
-            BTreeMap::from([
+        // Each process gets its own metrics port: the fixed defaults (9101..9104) would collide.
+        let common = |listen: String| -> Result<BTreeMap<String, String>> {
+            Ok(BTreeMap::from([
                 ("MM_LISTEN_ADDR".to_owned(), listen),
+                ("MM_METRICS_ADDR".to_owned(), addr()?),
                 ("MM_HEALTH_INTERVAL_MS".to_owned(), "100".to_owned()),
                 (
                     "MM_LOG".to_owned(),
                     "info,sqlx=warn,async_nats=warn,h2=warn,tower=warn,hyper=warn".to_owned(),
                 ),
                 ("MM_LOG_FORMAT".to_owned(), "text".to_owned()),
-            ])
+            ]))
         };
         let scheduler_addr = addr()?;
-        let mut scheduler = common(scheduler_addr.clone());
+        let mut scheduler = common(scheduler_addr.clone())?;
         scheduler.extend(
             [
                 ("MM_DATABASE_URL", database_url.as_str()),
@@ -212,7 +214,7 @@ impl ProcessMesh {
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
         let inference_addr = addr()?;
-        let mut ingest = common(addr()?);
+        let mut ingest = common(addr()?)?;
         ingest.extend(
             [
                 ("MM_DATABASE_URL", database_url.as_str()),
@@ -224,7 +226,7 @@ impl ProcessMesh {
         );
         let mut media = Vec::with_capacity(media_workers);
         for _ in 0..media_workers {
-            let mut env = common(addr()?);
+            let mut env = common(addr()?)?;
             env.extend(
                 [
                     ("MM_NATS_URL", nats_url.as_str()),
@@ -238,7 +240,7 @@ impl ProcessMesh {
             );
             media.push(env);
         }
-        let mut inference = common(inference_addr);
+        let mut inference = common(inference_addr)?;
         inference.extend(
             [
                 ("MM_DATABASE_URL", database_url.as_str()),
@@ -300,6 +302,17 @@ impl ProcessMesh {
             .ok_or_else(|| anyhow!("{process} has no MM_LISTEN_ADDR"))?;
         text.parse()
             .with_context(|| format!("{process}: MM_LISTEN_ADDR {text}"))
+    }
+
+    /// Where `process` serves `/metrics`, `/livez` and `/readyz`.
+    pub fn metrics_addr(&self, process: Process) -> Result<SocketAddr> {
+        let text = self
+            .env
+            .of(process)
+            .and_then(|env| env.get("MM_METRICS_ADDR"))
+            .ok_or_else(|| anyhow!("{process} has no MM_METRICS_ADDR"))?;
+        text.parse()
+            .with_context(|| format!("{process}: MM_METRICS_ADDR {text}"))
     }
 
     /// The log file of `process` (stdout and stderr of every run, appended).

@@ -10,6 +10,9 @@ pub struct InferenceConfig {
     /// gRPC listen address
     #[arg(long, env = "MM_LISTEN_ADDR", default_value = "0.0.0.0:50054")]
     pub listen_addr: SocketAddr,
+    /// Prometheus metrics, /livez and /readyz over HTTP (empty: off)
+    #[arg(long, env = "MM_METRICS_ADDR", default_value = "0.0.0.0:9104", value_parser = mediamesh_server::metrics::parse_metrics_addr)]
+    pub metrics_addr: ::std::option::Option<SocketAddr>,
     /// PostgreSQL URL
     #[arg(long, env = "MM_DATABASE_URL")]
     pub database_url: String,
@@ -58,6 +61,7 @@ impl InferenceConfig {
     pub fn new(listen_addr: SocketAddr, database_url: String, nats_url: String, blob_url: String) -> Self {
         Self {
             listen_addr,
+            metrics_addr: None,
             database_url,
             nats_url,
             blob_url,

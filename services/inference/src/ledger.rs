@@ -6,12 +6,54 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use mediamesh_core::{Error, ErrorCode};
 use mediamesh_gateway::{CallRecord, Ledger};
+use mediamesh_server::metrics::{Counter, Registry};
 use mediamesh_store::{AiCall, Store};
 
 pub struct StoreLedger {
     pub store: Store,
     pub daily_usd: f64,
     pub monthly_usd: f64,
+    pub metrics: Option<AiMetrics>,
+}
+
+/// Provider calls, tokens and cost, by provider and model.
+#[derive(Clone)]
+pub struct AiMetrics {
+    calls: Counter,
+    tokens: Counter,
+    cost: Counter,
+}
+
+impl AiMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            calls: registry.counter(
+                "mediamesh_ai_calls_total",
+                "AI provider calls (retries included), by provider, model and outcome (OK or an error code)",
+                &["provider", "model", "outcome"],
+            ),
+            tokens: registry.counter(
+                "mediamesh_ai_tokens_total",
+                "AI tokens, by provider, model and direction (in, out)",
+                &["provider", "model", "direction"],
+            ),
+            cost: registry.counter(
+                "mediamesh_ai_cost_usd_total",
+                "AI spend in US dollars, by provider and model",
+                &["provider", "model"],
+            ),
+        }
+    }
+
+    fn record(&self, call: &AiCall) {
+        let (p, m) = (call.provider.as_str(), call.model.as_str());
+        self.calls.inc(&[p, m, &call.outcome]);
+        self.tokens.inc_by(&[p, m, "in"], call.tokens_in as f64);
+        self.tokens.inc_by(&[p, m, "out"], call.tokens_out as f64);
+        if call.cost_usd.is_finite() && call.cost_usd > 0.0 {
+            self.cost.inc_by(&[p, m], call.cost_usd);
+        }
+    }
 }
 
 /// A tenant's budgets: the overrides in `inference.budgets`, else the defaults; 0 is none.
@@ -94,6 +136,9 @@ impl Ledger for StoreLedger {
                 cost_usd: record.cost_usd,
                 outcome: record.outcome.map_or("OK", ErrorCode::as_str).to_owned(),
             };
+            if let Some(metrics) = &self.metrics {
+                metrics.record(&call);
+            }
             if let Err(err) = self.store.record_ai_call(&call).await {
                 tracing::warn!(error = %err, provider = %call.provider, "cannot record the provider call in ai_metrics");
             }

@@ -41,6 +41,7 @@ pub enum Error {
 const SERVICES: &[&str] = &["mediamesh.v1.InferenceService"];
 
 pub async fn serve(config: InferenceConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let registry = mediamesh_server::metrics::Registry::new();
     let providers = config.providers.load().map_err(|e| Error::Config(e.message))?;
     let gateway = Gateway::new(providers).map_err(|e| Error::Config(e.message))?;
     let tasks: Vec<&str> = gateway.configured_tasks().iter().map(|t| t.as_str()).collect();
@@ -69,6 +70,7 @@ pub async fn serve(config: InferenceConfig, shutdown: CancellationToken) -> Resu
         store: store.clone(),
         daily_usd: config.daily_budget_usd,
         monthly_usd: config.monthly_budget_usd,
+        metrics: Some(ledger::AiMetrics::new(&registry)),
     });
     let inference = Arc::new(tasks::Inference {
         store: store.clone(),
@@ -88,15 +90,17 @@ pub async fn serve(config: InferenceConfig, shutdown: CancellationToken) -> Resu
         mediamesh_bus::worker::WorkerOptions {
             queue: "inference".to_owned(),
             concurrency: config.concurrency,
+            observer: Some(Arc::new(mediamesh_server::metrics::WorkerMetrics::new(&registry))),
         },
         worker_stop.clone(),
     ));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = mediamesh_server::metrics::Readiness::new();
     let health = {
         let store = store.clone();
         let bus = bus.clone();
-        mediamesh_server::spawn_health(
+        mediamesh_server::spawn_health_with(
             reporter,
             SERVICES,
             vec![
@@ -117,8 +121,11 @@ pub async fn serve(config: InferenceConfig, shutdown: CancellationToken) -> Resu
             ],
             Duration::from_millis(config.health_interval_ms),
             shutdown.clone(),
+            readiness.clone(),
         )
     };
+    mediamesh_server::metrics::serve_metrics(config.metrics_addr, registry.clone(), readiness, shutdown.clone())
+        .await?;
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, concurrency = config.concurrency, "inference listening");
     let result = tonic::transport::Server::builder()

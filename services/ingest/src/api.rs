@@ -41,6 +41,8 @@ pub fn forward<T>(tenant: &str, message: T) -> Request<T> {
 
 #[derive(Clone)]
 pub struct IngestApi {
+    /// Uploads by media kind and outcome, and upload bytes.
+    metrics: Option<(mediamesh_server::metrics::Counter, mediamesh_server::metrics::Counter)>,
     store: Store,
     blob: Blob,
     jobs: JobServiceClient<Channel>,
@@ -73,7 +75,25 @@ impl IngestApi {
             config,
             pipelines,
             ai_kinds: Arc::new(ai_kinds),
+            metrics: None,
         }
+    }
+
+    /// Counts uploads into `registry`.
+    pub fn with_metrics(mut self, registry: &mediamesh_server::metrics::Registry) -> Self {
+        self.metrics = Some((
+            registry.counter(
+                "mediamesh_ingest_uploads_total",
+                "Uploads, by media kind and outcome (OK or an error code)",
+                &["kind", "outcome"],
+            ),
+            registry.counter(
+                "mediamesh_ingest_upload_bytes_total",
+                "Bytes of accepted uploads, by media kind",
+                &["kind"],
+            ),
+        ));
+        self
     }
 
     /// Checks that each spec's media belongs to the tenant, then has the scheduler commit all
@@ -362,8 +382,32 @@ impl IngestService for IngestApi {
     ) -> Result<Response<pb::UploadMediaResponse>, Status> {
         let tenant = tenant_of(&request);
         let key = format!("uploads/{}", Uuid::new_v4());
-        let staged = upload::receive(request.into_inner(), &self.blob, key, self.config.max_upload_bytes).await?;
+        let staged = match upload::receive(request.into_inner(), &self.blob, key, self.config.max_upload_bytes).await {
+            Ok(staged) => staged,
+            Err(err) => {
+                if let Some((uploads, _)) = &self.metrics {
+                    uploads.inc(&["unknown", err.code.as_str()]);
+                }
+                return Err(err.into());
+            }
+        };
         let result = self.finish_upload(&tenant, &staged).await;
+        if let Some((uploads, bytes)) = &self.metrics {
+            // The sniffed kind (a client's category or content type could be anything).
+            let kind = result
+                .as_ref()
+                .ok()
+                .and_then(|r| r.media.as_ref())
+                .and_then(|m| pb::MediaKind::try_from(m.kind).ok())
+                .map_or("unknown", |k| k.as_str_name());
+            match &result {
+                Ok(_) => {
+                    uploads.inc(&[kind, "OK"]);
+                    bytes.inc_by(&[kind], staged.bytes as f64);
+                }
+                Err(status) => uploads.inc(&[kind, mediamesh_core::ErrorCode::from_status(status).as_str()]),
+            }
+        }
         // On success the staging blob was renamed or is a duplicate; either way it goes.
         let _ = self.blob.delete(&staged.key).await;
         if let Err(status) = &result {

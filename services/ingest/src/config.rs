@@ -6,6 +6,9 @@ pub struct IngestConfig {
     /// gRPC listen address
     #[arg(long, env = "MM_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
     pub listen_addr: SocketAddr,
+    /// Prometheus metrics, /livez and /readyz over HTTP (empty: off)
+    #[arg(long, env = "MM_METRICS_ADDR", default_value = "0.0.0.0:9101", value_parser = mediamesh_server::metrics::parse_metrics_addr)]
+    pub metrics_addr: ::std::option::Option<SocketAddr>,
     /// PostgreSQL URL
     #[arg(long, env = "MM_DATABASE_URL")]
     pub database_url: String,
@@ -43,6 +46,7 @@ impl IngestConfig {
     pub fn new(listen_addr: SocketAddr, database_url: String, blob_url: String, scheduler_addr: String) -> Self {
         Self {
             listen_addr,
+            metrics_addr: None,
             database_url,
             blob_url,
             scheduler_addr,

@@ -45,6 +45,7 @@ const SERVICES: &[&str] = &[
 
 /// Runs ingest until `shutdown`; uploads under way finish before it returns.
 pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let registry = mediamesh_server::metrics::Registry::new();
     let pipelines = Pipelines::parse(&config.pipelines).map_err(Error::Config)?;
     let ai_kinds = ai_kinds(&config.providers).map_err(Error::Config)?;
     let store = Store::connect_lazy(&config.database_url, config.db_pool_size)?;
@@ -56,10 +57,11 @@ pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<
         .connect_lazy();
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = mediamesh_server::metrics::Readiness::new();
     let health = {
         let store = store.clone();
         let blob = blob.clone();
-        mediamesh_server::spawn_health(
+        mediamesh_server::spawn_health_with(
             reporter,
             SERVICES,
             vec![
@@ -80,6 +82,7 @@ pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<
             ],
             Duration::from_millis(config.health_interval_ms),
             shutdown.clone(),
+            readiness.clone(),
         )
     };
 
@@ -94,9 +97,12 @@ pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<
         config.clone(),
         pipelines,
         ai_kinds,
-    );
+    )
+    .with_metrics(&registry);
     let proxy = proxy::JobProxy::new(scheduler, shutdown.clone());
     let inference_proxy = proxy::InferenceProxy::new(inference);
+    mediamesh_server::metrics::serve_metrics(config.metrics_addr, registry.clone(), readiness, shutdown.clone())
+        .await?;
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, "ingest listening");
     tonic::transport::Server::builder()

@@ -7,6 +7,9 @@ pub struct MediaConfig {
     /// gRPC listen address
     #[arg(long, env = "MM_LISTEN_ADDR", default_value = "0.0.0.0:50053")]
     pub listen_addr: SocketAddr,
+    /// Prometheus metrics, /livez and /readyz over HTTP (empty: off)
+    #[arg(long, env = "MM_METRICS_ADDR", default_value = "0.0.0.0:9103", value_parser = mediamesh_server::metrics::parse_metrics_addr)]
+    pub metrics_addr: ::std::option::Option<SocketAddr>,
     /// NATS URL
     #[arg(long, env = "MM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -65,6 +68,7 @@ impl MediaConfig {
     pub fn new(listen_addr: SocketAddr, nats_url: String, blob_url: String) -> Self {
         Self {
             listen_addr,
+            metrics_addr: None,
             nats_url,
             blob_url,
             worker_concurrency: 0,

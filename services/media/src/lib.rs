@@ -36,6 +36,7 @@ const SERVICES: &[&str] = &["mediamesh.v1.MediaService"];
 /// Runs the media service until `shutdown`; jobs under way finish (within the grace period)
 /// before it returns.
 pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let registry = mediamesh_server::metrics::Registry::new();
     config.validate().map_err(Error::Config)?;
     match config.av_tools().check().await {
         Ok(version) => tracing::info!(ffmpeg = %version, "ffmpeg found"),
@@ -65,15 +66,19 @@ pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(
         mediamesh_bus::worker::WorkerOptions {
             queue: "media".to_owned(),
             concurrency: config.concurrency(),
+            observer: Some(std::sync::Arc::new(mediamesh_server::metrics::WorkerMetrics::new(
+                &registry,
+            ))),
         },
         worker_stop.clone(),
     ));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = mediamesh_server::metrics::Readiness::new();
     let health = {
         let bus = bus.clone();
         let blob = blob.clone();
-        mediamesh_server::spawn_health(
+        mediamesh_server::spawn_health_with(
             reporter,
             SERVICES,
             vec![
@@ -94,10 +99,13 @@ pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(
             ],
             Duration::from_millis(config.health_interval_ms),
             shutdown.clone(),
+            readiness.clone(),
         )
     };
 
     let api = api::MediaApi::new(blob, config.clone());
+    mediamesh_server::metrics::serve_metrics(config.metrics_addr, registry.clone(), readiness, shutdown.clone())
+        .await?;
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, concurrency = config.concurrency(), "media service listening");
     let server = tonic::transport::Server::builder()

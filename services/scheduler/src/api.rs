@@ -36,6 +36,7 @@ pub struct JobApi {
     shutdown: CancellationToken,
     /// The `inference.*` kinds some configured provider serves; the others are refused.
     ai_kinds: Arc<std::collections::HashSet<JobKind>>,
+    metrics: Option<crate::metrics::SchedulerMetrics>,
 }
 
 impl JobApi {
@@ -54,7 +55,13 @@ impl JobApi {
             config,
             shutdown,
             ai_kinds: Arc::new(ai_kinds),
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: crate::metrics::SchedulerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn load(&self, tenant: &str, id: Uuid) -> Result<pb::Job, Error> {
@@ -528,6 +535,7 @@ impl SchedulerInternalService for JobApi {
         &self,
         request: Request<pb::CreateJobsRequest>,
     ) -> Result<Response<pb::CreateJobsResponse>, Status> {
+        let timer = std::time::Instant::now();
         let pb::CreateJobsRequest { tenant, jobs } = request.into_inner();
         let tenant = if tenant.is_empty() {
             mediamesh_core::DEFAULT_TENANT.to_owned()
@@ -555,6 +563,9 @@ impl SchedulerInternalService for JobApi {
         for ((row, inserted), no_dependencies) in created {
             if inserted {
                 tracing::info!(job_id = %row.id, kind = %row.kind, media_id = ?row.media_id, "job queued");
+                if let Some(metrics) = &self.metrics {
+                    metrics.submitted.inc(&[&row.kind]);
+                }
             }
             let job = if inserted && no_dependencies {
                 // Nothing recorded yet beyond the row itself.
@@ -566,6 +577,9 @@ impl SchedulerInternalService for JobApi {
                 job: Some(job),
                 existing: !inserted,
             });
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.submit_latency.observe_duration(&[], timer.elapsed());
         }
         Ok(Response::new(pb::CreateJobsResponse { jobs: out }))
     }

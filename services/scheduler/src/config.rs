@@ -10,6 +10,9 @@ pub struct SchedulerConfig {
     /// gRPC listen address
     #[arg(long, env = "MM_LISTEN_ADDR", default_value = "0.0.0.0:50052")]
     pub listen_addr: SocketAddr,
+    /// Prometheus metrics, /livez and /readyz over HTTP (empty: off)
+    #[arg(long, env = "MM_METRICS_ADDR", default_value = "0.0.0.0:9102", value_parser = mediamesh_server::metrics::parse_metrics_addr)]
+    pub metrics_addr: ::std::option::Option<SocketAddr>,
     /// PostgreSQL URL
     #[arg(long, env = "MM_DATABASE_URL")]
     pub database_url: String,
@@ -88,6 +91,7 @@ impl SchedulerConfig {
     pub fn new(listen_addr: SocketAddr, database_url: String, nats_url: String) -> Self {
         Self {
             listen_addr,
+            metrics_addr: None,
             database_url,
             nats_url,
             db_pool_size: 16,

@@ -11,11 +11,20 @@ use mediamesh_bus::{Bus, Update, WorkerEvent};
 use mediamesh_store::{CompletedTransition, JobEventRow, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::SchedulerMetrics;
 use tracing::Instrument;
 
 use crate::SchedulerConfig;
 
-pub async fn run(store: Store, bus: Bus, wake: Arc<Notify>, config: SchedulerConfig, shutdown: CancellationToken) {
+pub async fn run(
+    store: Store,
+    bus: Bus,
+    wake: Arc<Notify>,
+    config: SchedulerConfig,
+    shutdown: CancellationToken,
+    metrics: SchedulerMetrics,
+) {
     while !shutdown.is_cancelled() {
         let consumer = match bus.events_consumer().await {
             Ok(consumer) => consumer,
@@ -40,7 +49,7 @@ pub async fn run(store: Store, bus: Bus, wake: Arc<Notify>, config: SchedulerCon
             };
             match next {
                 Some(Ok(message)) => {
-                    if handle(&store, &bus, &config, message).await {
+                    if handle(&store, &bus, &config, &metrics, message).await {
                         // A slot or a dependency may have freed up.
                         wake.notify_one();
                     }
@@ -66,6 +75,7 @@ async fn handle(
     store: &Store,
     bus: &Bus,
     config: &SchedulerConfig,
+    metrics: &SchedulerMetrics,
     message: mediamesh_bus::async_nats::jetstream::Message,
 ) -> bool {
     let event: WorkerEvent = match serde_json::from_slice(&message.payload) {
@@ -80,7 +90,7 @@ async fn handle(
     mediamesh_bus::set_parent_from_headers(&span, message.headers.as_ref());
     // Instrumented, never entered across an await: a span entered in an async fn leaks onto
     // whatever else the thread runs meanwhile.
-    apply_and_ack(store, bus, config, &event, message)
+    apply_and_ack(store, bus, config, metrics, &event, message)
         .instrument(span)
         .await
 }
@@ -89,6 +99,7 @@ async fn apply_and_ack(
     store: &Store,
     bus: &Bus,
     config: &SchedulerConfig,
+    metrics: &SchedulerMetrics,
     event: &WorkerEvent,
     message: mediamesh_bus::async_nats::jetstream::Message,
 ) -> bool {
@@ -99,6 +110,7 @@ async fn apply_and_ack(
                 announce(bus, event).await;
             }
             let _ = message.ack().await;
+            metrics.applied(store, event, &transition).await;
             true
         }
         Ok(None) => {

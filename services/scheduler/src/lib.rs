@@ -8,6 +8,7 @@ mod config;
 mod convert;
 mod dispatch;
 mod events;
+mod metrics;
 mod retention;
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ const SERVICES: &[&str] = &["mediamesh.v1.JobService", "mediamesh.v1.SchedulerIn
 
 /// Runs the scheduler until `shutdown` is cancelled, then drains and returns.
 pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let registry = mediamesh_server::metrics::Registry::new();
     let store = Store::connect_lazy(&config.database_url, config.db_pool_size)?;
     store.migrate_when_ready(Duration::from_secs(60)).await?;
     let bus = Bus::connect(&config.nats_url, "mediamesh-scheduler", BusConfig::default()).await?;
@@ -63,6 +65,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         Some(mediamesh_blob::Blob::from_url(&config.blob_url)?)
     };
 
+    let scheduler_metrics = metrics::SchedulerMetrics::new(&registry, store.clone(), bus.clone());
     let wake = Arc::new(Notify::new());
     let tasks = CancellationToken::new();
     let dispatcher = {
@@ -86,12 +89,13 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         })
     };
     let events = {
-        let (store, bus, wake, config, tasks) = (
+        let (store, bus, wake, config, tasks, scheduler_metrics) = (
             store.clone(),
             bus.clone(),
             Arc::clone(&wake),
             config.clone(),
             tasks.clone(),
+            scheduler_metrics.clone(),
         );
         mediamesh_server::supervise("events", tasks.clone(), move || {
             events::run(
@@ -100,6 +104,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
                 Arc::clone(&wake),
                 config.clone(),
                 tasks.clone(),
+                scheduler_metrics.clone(),
             )
         })
     };
@@ -111,10 +116,11 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
     };
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = mediamesh_server::metrics::Readiness::new();
     let health = {
         let store = store.clone();
         let bus = bus.clone();
-        mediamesh_server::spawn_health(
+        mediamesh_server::spawn_health_with(
             reporter,
             SERVICES,
             vec![
@@ -135,6 +141,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
             ],
             Duration::from_millis(config.health_interval_ms),
             shutdown.clone(),
+            readiness.clone(),
         )
     };
 
@@ -152,7 +159,10 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         config.clone(),
         shutdown.clone(),
         ai_kinds,
-    );
+    )
+    .with_metrics(scheduler_metrics);
+    mediamesh_server::metrics::serve_metrics(config.metrics_addr, registry.clone(), readiness, shutdown.clone())
+        .await?;
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, "scheduler listening");
     tonic::transport::Server::builder()
