@@ -182,7 +182,21 @@ async fn missing_binaries_are_reported() {
     assert!(NatsServer::find_binary(None).is_ok());
     let bin = Postgres::find_bin_dir(None).expect("pg bin dir");
     assert!(bin.join("initdb").exists());
-    assert!(free_port().expect("free port") > 0);
+}
+
+#[test]
+fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+    let ports: Vec<u16> = (0..64).map(|_| free_port().expect("free port")).collect();
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), ports.len(), "a port was handed out twice: {ports:?}");
+    for port in ports {
+        assert!((20_000..32_000).contains(&port), "{port} is outside the reserved range");
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("a handed-out port binds");
+        // The reservation is a lock another process (or another open of the file) cannot take.
+        let lock = std::env::temp_dir().join("mediamesh-ports").join(port.to_string());
+        let other = std::fs::File::open(&lock).expect("lock file exists");
+        assert!(other.try_lock().is_err(), "port {port} is not reserved");
+    }
 }
 
 // ---- minimal PostgreSQL protocol client (trust auth, simple query) -----
