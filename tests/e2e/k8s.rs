@@ -48,6 +48,11 @@ fn dev_overlay() {
 
     let nats = find(&docs, "StatefulSet", "nats");
     assert_eq!(nats["spec"]["replicas"], 1, "dev runs one NATS server");
+    assert_eq!(
+        config_value(&docs, "MM_STREAM_REPLICAS"),
+        "1",
+        "one server cannot hold more replicas"
+    );
     let postgres = find(&docs, "StatefulSet", "postgres");
     assert_eq!(postgres["spec"]["replicas"], 1, "dev runs one PostgreSQL");
     assert!(of_kind(&docs, "Cluster").is_empty(), "dev has no CloudNativePG cluster");
@@ -85,6 +90,11 @@ fn prod_overlay() {
 
     let nats = find(&docs, "StatefulSet", "nats");
     assert_eq!(nats["spec"]["replicas"], 3, "prod runs three NATS servers");
+    assert_eq!(
+        config_value(&docs, "MM_STREAM_REPLICAS"),
+        "3",
+        "prod streams live on all three servers"
+    );
     let nats_conf = config_map_data(&docs, "nats-config", "nats.conf");
     for i in 0..3 {
         let route = format!("nats://nats-{i}.nats-headless:6222");

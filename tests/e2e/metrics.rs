@@ -156,6 +156,14 @@ async fn services_serve_metrics_liveness_and_readiness() {
     }
     let submits = sample(&scheduler, "mediamesh_scheduler_submit_duration_seconds_count", &[]);
     assert!(submits.is_some_and(|n| n >= 1.0), "submit latency count: {submits:?}");
+    for kind in ["media.probe", "media.thumbnails"] {
+        let waits = sample(
+            &scheduler,
+            "mediamesh_scheduler_dispatch_wait_seconds_count",
+            &[("kind", kind)],
+        );
+        assert!(waits.is_some_and(|n| n >= 1.0), "{kind} dispatch waits: {waits:?}");
+    }
     assert!(scheduler.contains("# TYPE mediamesh_scheduler_job_retries_total counter"));
     assert_eq!(
         sample(

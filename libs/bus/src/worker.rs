@@ -203,7 +203,18 @@ async fn handle(ctx: &Ctx, message: Message) {
             return;
         }
     };
-    let span = tracing::info_span!("job", job_id = %job.job_id, kind = %job.kind, attempt = job.attempt);
+    let span = tracing::info_span!(
+        "job",
+        otel.name = %format!("job {}", job.kind),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        job_id = %job.job_id,
+        kind = %job.kind,
+        tenant = %job.tenant,
+        attempt = job.attempt,
+        outcome = tracing::field::Empty,
+    );
     crate::set_parent_from_headers(&span, message.headers.as_ref());
     run_job(ctx, message, job).instrument(span).await;
 }
@@ -338,6 +349,17 @@ async fn report(
     outcome: Result<serde_json::Value, Error>,
     retryable: bool,
 ) {
+    let span = tracing::Span::current();
+    match &outcome {
+        Ok(_) => {
+            span.record("outcome", "OK");
+        }
+        Err(err) => {
+            span.record("outcome", err.code.as_str());
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_message", format!("{}: {}", err.code.as_str(), err.message));
+        }
+    }
     let event = match outcome {
         Ok(result) => WorkerEvent::Succeeded {
             job_id: job.job_id,

@@ -288,6 +288,8 @@ impl Gateway {
                     .map_or(provider.config.timeout, |left| left.min(provider.config.timeout));
                 let span = tracing::info_span!(
                     "ai.call",
+                    otel.kind = "client",
+                    otel.status_code = tracing::field::Empty,
                     provider = name,
                     model,
                     task = task.as_str(),
@@ -313,6 +315,9 @@ impl Gateway {
                 let price = provider.config.price(model);
                 let record = |meter: Meter, outcome: Option<ErrorCode>| {
                     span.record("outcome", outcome.map_or("ok", ErrorCode::as_str));
+                    if outcome.is_some() {
+                        span.record("otel.status_code", "ERROR");
+                    }
                     span.record("latency_ms", latency.as_millis() as u64);
                     CallRecord {
                         tenant: call.tenant.clone(),

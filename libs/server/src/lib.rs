@@ -30,7 +30,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Flags and `MM_*` variables every service reads.
 #[derive(Clone, Debug, clap::Args)]
 pub struct CommonArgs {
-    /// OTLP/gRPC endpoint for traces (no export when unset)
+    /// OTLP/gRPC endpoint for traces (else OTEL_EXPORTER_OTLP_ENDPOINT; no export when neither is set)
     #[arg(long, env = "MM_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// Log format: text or json
@@ -49,7 +49,7 @@ impl CommonArgs {
         mediamesh_telemetry::TelemetryConfig {
             service_name: service_name.to_owned(),
             log_format: self.log_format,
-            otlp_endpoint: self.otlp_endpoint.clone(),
+            otlp_endpoint: mediamesh_telemetry::otlp_endpoint(self.otlp_endpoint.as_deref()),
             filter: Some(self.log.clone()),
         }
     }

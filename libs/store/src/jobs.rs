@@ -69,6 +69,8 @@ pub struct NewJob {
     pub depends_on: Vec<Uuid>,
     /// FAIL, SKIP or CONTINUE.
     pub on_dependency_failure: String,
+    /// The submitter's W3C trace context, carried to the job's dispatches.
+    pub traceparent: Option<String>,
 }
 
 /// A job claimed for dispatch: its new attempt has been committed, the message is still to send.
@@ -86,6 +88,10 @@ pub struct DueJob {
     pub max_attempts: i32,
     /// The stream sequence of the attempt's message, once it was published.
     pub dispatch_seq: Option<i64>,
+    /// The submitter's W3C trace context.
+    pub traceparent: Option<String>,
+    /// How long the attempt waited to be claimed since it became due (fresh claims only).
+    pub waited_secs: Option<f64>,
 }
 
 /// What the dispatcher may claim in one round for one queue.
@@ -178,6 +184,16 @@ pub struct QueueCounts {
 pub struct CompletedTransition {
     pub event: JobEventRow,
     pub cascaded: Vec<JobEventRow>,
+    /// For a finished attempt (succeeded or failed): the job's kind and when the attempt
+    /// started.
+    pub attempt_run: Option<AttemptRun>,
+}
+
+/// The kind of job a finished attempt belonged to, and when it started.
+#[derive(Clone, Debug)]
+pub struct AttemptRun {
+    pub kind: String,
+    pub started_at: DateTime<Utc>,
 }
 
 impl CompletedTransition {
@@ -197,9 +213,9 @@ impl Store {
             let inserted: Option<JobRow> = sqlx::query_as(
                 "INSERT INTO scheduler.jobs \
                  (id, tenant, kind, queue, state, priority, media_id, payload, max_attempts, budget, \
-                  timeout_ms, run_at, idempotency_key, on_dependency_failure) \
+                  timeout_ms, run_at, idempotency_key, on_dependency_failure, traceparent) \
                  VALUES ($1, $2, $3, $4, CASE WHEN $10 > now() THEN 'SCHEDULED' ELSE 'QUEUED' END, \
-                   $5, $6, $7, $8, $8, $9, $10, $11, $12) \
+                   $5, $6, $7, $8, $8, $9, $10, $11, $12, $13) \
                  ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING *",
             )
             .bind(job.id)
@@ -214,6 +230,7 @@ impl Store {
             .bind(job.run_at)
             .bind(&job.idempotency_key)
             .bind(&job.on_dependency_failure)
+            .bind(&job.traceparent)
             .fetch_optional(&mut *tx)
             .await?;
             match inserted {
@@ -372,7 +389,8 @@ impl Store {
              FROM picked WHERE j.id = picked.id \
                AND j.state IN ('QUEUED', 'SCHEDULED') AND j.dispatched_at IS NULL \
              RETURNING j.id, j.tenant, j.kind, j.queue, j.media_id, j.payload, j.attempt, \
-               j.timeout_ms, j.priority, j.max_attempts, NULL::bigint AS dispatch_seq",
+               j.timeout_ms, j.priority, j.max_attempts, NULL::bigint AS dispatch_seq, j.traceparent, \
+               greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS waited_secs",
         )
         .bind(queue)
         .bind(room)
@@ -395,7 +413,7 @@ impl Store {
                  AND dispatched_at < now() - make_interval(secs => $2) \
                ORDER BY dispatched_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
              RETURNING id, tenant, kind, queue, media_id, payload, attempt, timeout_ms, priority, \
-               max_attempts, dispatch_seq",
+               max_attempts, dispatch_seq, traceparent, NULL::float8 AS waited_secs",
         )
         .bind(queue)
         .bind(older_than_secs)
@@ -458,6 +476,7 @@ impl Store {
         Ok(Some(CompletedTransition {
             event,
             cascaded: Vec::new(),
+            attempt_run: None,
         }))
     }
 
@@ -472,26 +491,29 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Option<CompletedTransition>> {
         let mut tx = self.pool().begin().await?;
-        let changed = sqlx::query(
+        let kind: Option<String> = sqlx::query_scalar(
             "UPDATE scheduler.jobs SET state = 'SUCCEEDED', result = $3, error_code = NULL, \
                error_message = NULL, finished_at = $4, updated_at = now() \
-             WHERE id = $1 AND attempt = $2 AND state IN ('QUEUED', 'RUNNING')",
+             WHERE id = $1 AND attempt = $2 AND state IN ('QUEUED', 'RUNNING') RETURNING kind",
         )
         .bind(job_id)
         .bind(attempt)
         .bind(result)
         .bind(at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 0 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(kind) = kind else {
             return Ok(None);
-        }
-        finish_attempt(&mut tx, job_id, attempt, worker_id, at, "SUCCEEDED", None, None).await?;
+        };
+        let started_at = finish_attempt(&mut tx, job_id, attempt, worker_id, at, "SUCCEEDED", None, None).await?;
         let event = insert_event(&mut tx, job_id, JobState::Succeeded, attempt).await?;
         let cascaded = settle_dependents(&mut tx, job_id, JobState::Succeeded).await?;
         tx.commit().await?;
-        Ok(Some(CompletedTransition { event, cascaded }))
+        Ok(Some(CompletedTransition {
+            event,
+            cascaded,
+            attempt_run: Some(AttemptRun { kind, started_at }),
+        }))
     }
 
     /// Records a failed attempt. A retryable failure with attempts left goes to SCHEDULED with
@@ -510,7 +532,7 @@ impl Store {
     ) -> Result<Option<CompletedTransition>> {
         let mut tx = self.pool().begin().await?;
         let backoff_secs = backoff.as_secs_f64();
-        let new_state: Option<String> = sqlx::query_scalar(
+        let new_state: Option<(String, String)> = sqlx::query_as(
             "UPDATE scheduler.jobs SET \
                state = CASE WHEN $5 AND attempt < max_attempts THEN 'SCHEDULED' ELSE 'FAILED' END, \
                run_at = CASE WHEN $5 AND attempt < max_attempts \
@@ -519,7 +541,7 @@ impl Store {
                finished_at = CASE WHEN $5 AND attempt < max_attempts THEN NULL ELSE $6 END, \
                updated_at = now() \
              WHERE id = $1 AND attempt = $2 AND state IN ('QUEUED', 'RUNNING') \
-             RETURNING state",
+             RETURNING state, kind",
         )
         .bind(job_id)
         .bind(attempt)
@@ -530,10 +552,10 @@ impl Store {
         .bind(backoff_secs)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(new_state) = new_state else {
+        let Some((new_state, kind)) = new_state else {
             return Ok(None);
         };
-        finish_attempt(
+        let started_at = finish_attempt(
             &mut tx,
             job_id,
             attempt,
@@ -552,7 +574,11 @@ impl Store {
             Vec::new()
         };
         tx.commit().await?;
-        Ok(Some(CompletedTransition { event, cascaded }))
+        Ok(Some(CompletedTransition {
+            event,
+            cascaded,
+            attempt_run: Some(AttemptRun { kind, started_at }),
+        }))
     }
 
     /// Any non-terminal state -> CANCELLED. Returns the event when the job changed state.
@@ -583,7 +609,11 @@ impl Store {
         let event = insert_event(&mut tx, job_id, JobState::Cancelled, attempt).await?;
         let cascaded = settle_dependents(&mut tx, job_id, JobState::Cancelled).await?;
         tx.commit().await?;
-        Ok(Some(CompletedTransition { event, cascaded }))
+        Ok(Some(CompletedTransition {
+            event,
+            cascaded,
+            attempt_run: None,
+        }))
     }
 
     /// FAILED or CANCELLED -> QUEUED with a fresh attempt budget. Returns the job as the
@@ -610,6 +640,7 @@ impl Store {
             CompletedTransition {
                 event,
                 cascaded: Vec::new(),
+                attempt_run: None,
             },
         )))
     }
@@ -912,14 +943,15 @@ async fn finish_attempt(
     outcome: &str,
     code: Option<&str>,
     message: Option<&str>,
-) -> Result<()> {
-    sqlx::query(
+) -> Result<DateTime<Utc>> {
+    Ok(sqlx::query_scalar(
         "INSERT INTO scheduler.attempts \
            (job_id, attempt, worker_id, started_at, finished_at, outcome, error_code, error_message) \
          VALUES ($1, $2, $3, $4, $4, $5, $6, $7) \
          ON CONFLICT (job_id, attempt) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
            finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome, \
-           error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message",
+           error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message \
+         RETURNING started_at",
     )
     .bind(job_id)
     .bind(attempt)
@@ -928,9 +960,8 @@ async fn finish_attempt(
     .bind(outcome)
     .bind(code)
     .bind(message)
-    .execute(tx)
-    .await?;
-    Ok(())
+    .fetch_one(tx)
+    .await?)
 }
 
 impl Store {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 pub use ai::{AiCall, BudgetRow, SpendRow};
 pub use jobs::{
-    AttemptRow, ChildResult, CompletedTransition, DispatchLimits, DueJob, JobEventRow, JobFilter, JobRow, NewJob,
-    Pruned, QueueCounts, QueueRates, RetentionPolicy, RetryFilter,
+    AttemptRow, AttemptRun, ChildResult, CompletedTransition, DispatchLimits, DueJob, JobEventRow, JobFilter, JobRow,
+    NewJob, Pruned, QueueCounts, QueueRates, RetentionPolicy, RetryFilter,
 };
 pub use media::{MediaRow, NewMedia};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub mod otlp;
 pub mod process;
 
 pub use mediamesh_inference::InferenceConfig;
@@ -224,8 +225,25 @@ impl Mesh {
                     .map_err(|e| e.to_string())
             }),
         };
+        // Until it serves, watch the task too: a service that fails to start (a port
+        // taken, a bad configuration) says why at once instead of after the deadline.
+        let addr = self.addr(service);
+        let serving = wait_serving(addr, Duration::from_secs(60));
+        tokio::pin!(serving);
+        let mut task = task;
+        let ready = tokio::select! {
+            ready = &mut serving => ready,
+            ended = &mut task => {
+                let why = match ended {
+                    Ok(Ok(())) => "it returned before serving".to_owned(),
+                    Ok(Err(e)) => e,
+                    Err(e) => e.to_string(),
+                };
+                return Err(anyhow!("{service:?} at {addr} did not start: {why}"));
+            }
+        };
         self.running.push((service, Running { stop, task }));
-        wait_serving(self.addr(service), Duration::from_secs(60)).await
+        ready
     }
 
     /// Stops one service gracefully (it drains what it is doing) and waits for it.
@@ -318,6 +336,18 @@ pub async fn upload_as(
     filename: &str,
     data: &[u8],
 ) -> std::result::Result<pb::UploadMediaResponse, tonic::Status> {
+    let mut request = tonic::Request::new(futures::stream::iter(upload_parts(category, filename, data)));
+    if !tenant.is_empty() {
+        let value = tenant
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("tenant is not a valid header value"))?;
+        request.metadata_mut().insert(mediamesh_core::TENANT_METADATA, value);
+    }
+    client.upload_media(request).await.map(tonic::Response::into_inner)
+}
+
+/// The messages of an `UploadMedia` stream: the header, then `data` in 256 KiB chunks.
+pub fn upload_parts(category: &str, filename: &str, data: &[u8]) -> Vec<pb::UploadMediaRequest> {
     let mut parts = vec![pb::UploadMediaRequest {
         part: Some(pb::upload_media_request::Part::Header(pb::UploadHeader {
             filename: filename.to_owned(),
@@ -329,14 +359,7 @@ pub async fn upload_as(
     parts.extend(data.chunks(256 * 1024).map(|chunk| pb::UploadMediaRequest {
         part: Some(pb::upload_media_request::Part::Chunk(chunk.to_vec())),
     }));
-    let mut request = tonic::Request::new(futures::stream::iter(parts));
-    if !tenant.is_empty() {
-        let value = tenant
-            .parse()
-            .map_err(|_| tonic::Status::invalid_argument("tenant is not a valid header value"))?;
-        request.metadata_mut().insert(mediamesh_core::TENANT_METADATA, value);
-    }
-    client.upload_media(request).await.map(tonic::Response::into_inner)
+    parts
 }
 
 /// Follows a job with `WatchJob` until its stream ends (at a terminal state); returns every

@@ -101,6 +101,17 @@ impl ProcessEnv {
         }
     }
 
+    /// Sets `key` for every process.
+    pub fn set_all(&mut self, key: &str, value: impl fmt::Display) {
+        let value = value.to_string();
+        for env in [&mut self.scheduler, &mut self.ingest, &mut self.inference]
+            .into_iter()
+            .chain(self.media.iter_mut())
+        {
+            env.insert(key.to_owned(), value.clone());
+        }
+    }
+
     /// Sets `key` for every media worker.
     pub fn set_media(&mut self, key: &str, value: impl fmt::Display) {
         for env in &mut self.media {

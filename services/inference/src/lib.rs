@@ -60,6 +60,7 @@ pub async fn serve(config: InferenceConfig, shutdown: CancellationToken) -> Resu
         "mediamesh-inference",
         BusConfig {
             ack_wait: Duration::from_millis(config.ack_wait_ms.max(100)),
+            replicas: usize::from(config.stream_replicas),
             ..BusConfig::default()
         },
     )
@@ -129,6 +130,7 @@ pub async fn serve(config: InferenceConfig, shutdown: CancellationToken) -> Resu
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, concurrency = config.concurrency, "inference listening");
     let result = tonic::transport::Server::builder()
+        .trace_fn(mediamesh_telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(mediamesh_server::reflection()?)
         .add_service(InferenceServiceServer::new(api::InferenceApi::new(inference)))

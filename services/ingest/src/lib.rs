@@ -106,6 +106,7 @@ pub async fn serve(config: IngestConfig, shutdown: CancellationToken) -> Result<
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, "ingest listening");
     tonic::transport::Server::builder()
+        .trace_fn(mediamesh_telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(mediamesh_server::reflection()?)
         .add_service(IngestServiceServer::new(api).max_decoding_message_size(config.max_message_bytes()))

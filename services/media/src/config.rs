@@ -13,6 +13,10 @@ pub struct MediaConfig {
     /// NATS URL
     #[arg(long, env = "MM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// Replicas of the JetStream streams the service creates when they are missing (3 on a
+    /// three-node NATS cluster; an existing stream keeps its own)
+    #[arg(long, env = "MM_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
     /// Blob store: file:///dir or s3://bucket
     #[arg(long, env = "MM_BLOB_URL")]
     pub blob_url: String,
@@ -70,6 +74,7 @@ impl MediaConfig {
             listen_addr,
             metrics_addr: None,
             nats_url,
+            stream_replicas: 1,
             blob_url,
             worker_concurrency: 0,
             max_pixels: 100_000_000,

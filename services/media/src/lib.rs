@@ -48,6 +48,7 @@ pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(
         "mediamesh-media",
         BusConfig {
             ack_wait: std::time::Duration::from_millis(config.ack_wait_ms.max(100)),
+            replicas: usize::from(config.stream_replicas),
             ..BusConfig::default()
         },
     )
@@ -109,6 +110,7 @@ pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, concurrency = config.concurrency(), "media service listening");
     let server = tonic::transport::Server::builder()
+        .trace_fn(mediamesh_telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(mediamesh_server::reflection()?)
         .add_service(MediaServiceServer::new(api))

@@ -201,6 +201,7 @@ impl JobApi {
             idempotency_key: (!idempotency_key.is_empty()).then_some(idempotency_key),
             depends_on,
             on_dependency_failure: policy_str(on_dependency_failure).to_owned(),
+            traceparent: mediamesh_telemetry::current_traceparent(),
         })
     }
 

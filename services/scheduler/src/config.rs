@@ -19,6 +19,10 @@ pub struct SchedulerConfig {
     /// NATS URL
     #[arg(long, env = "MM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// Replicas of the JetStream streams the service creates when they are missing (3 on a
+    /// three-node NATS cluster; an existing stream keeps its own)
+    #[arg(long, env = "MM_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
     /// Database connections
     #[arg(long, env = "MM_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -94,6 +98,7 @@ impl SchedulerConfig {
             metrics_addr: None,
             database_url,
             nats_url,
+            stream_replicas: 1,
             db_pool_size: 16,
             max_in_flight: 256,
             prefetch: 32,

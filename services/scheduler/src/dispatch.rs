@@ -13,8 +13,10 @@ use mediamesh_core::Queue;
 use mediamesh_store::{DispatchLimits, DueJob, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::SchedulerConfig;
+use crate::metrics::SchedulerMetrics;
 
 const BATCH: i64 = 256;
 const QUEUES: [Queue; 2] = [Queue::Media, Queue::Inference];
@@ -26,6 +28,7 @@ pub async fn run(
     config: SchedulerConfig,
     worker_id: String,
     shutdown: CancellationToken,
+    metrics: SchedulerMetrics,
 ) {
     let interval = Duration::from_millis(config.dispatch_interval_ms);
     let redispatch_after = Duration::from_secs(config.redispatch_after_secs);
@@ -43,6 +46,9 @@ pub async fn run(
             match store.claim_due_jobs(queue.as_str(), limits).await {
                 Ok(jobs) => {
                     full_batch |= jobs.len() as i64 == BATCH;
+                    for job in &jobs {
+                        metrics.dispatched(job);
+                    }
                     publish_all(&store, &bus, jobs, true).await;
                 }
                 Err(err) => tracing::warn!(error = %err, queue = queue.as_str(), "claiming due jobs failed"),
@@ -132,7 +138,32 @@ async fn lost_messages(bus: &Bus, jobs: Vec<DueJob>) -> Vec<DueJob> {
 }
 
 async fn publish_all(store: &Store, bus: &Bus, jobs: Vec<DueJob>, fresh: bool) {
-    let sends = jobs.into_iter().map(|job| async move {
+    let sends = jobs.into_iter().map(|job| {
+        // The dispatch joins the submitter's trace; the message carries it on to the worker.
+        let span = tracing::info_span!(
+            "dispatch",
+            otel.kind = "producer",
+            job_id = %job.id,
+            kind = %job.kind,
+            tenant = %job.tenant,
+            attempt = job.attempt,
+        );
+        if let Some(traceparent) = &job.traceparent {
+            mediamesh_telemetry::set_parent(&span, |key| (key == "traceparent").then(|| traceparent.clone()));
+        }
+        publish_one(store, bus, job, fresh).instrument(span)
+    });
+    let published: Vec<_> = join_all(sends).await.into_iter().flatten().collect();
+    // Without the sequence the stale check resends the attempt after a while: harmless, the
+    // duplicate window or the guarded updates absorb it.
+    if let Err(err) = store.record_dispatches(&published).await {
+        tracing::warn!(error = %err, "cannot record dispatch sequences");
+    }
+}
+
+/// Sends one claimed attempt; returns (job id, attempt, stream sequence) once stored.
+async fn publish_one(store: &Store, bus: &Bus, job: DueJob, fresh: bool) -> Option<(uuid::Uuid, i32, i64)> {
+    {
         let message = JobMessage {
             job_id: job.id,
             tenant: job.tenant,
@@ -160,11 +191,5 @@ async fn publish_all(store: &Store, bus: &Bus, jobs: Vec<DueJob>, fresh: bool) {
                 None
             }
         }
-    });
-    let published: Vec<_> = join_all(sends).await.into_iter().flatten().collect();
-    // Without the sequence the stale check resends the attempt after a while: harmless, the
-    // duplicate window or the guarded updates absorb it.
-    if let Err(err) = store.record_dispatches(&published).await {
-        tracing::warn!(error = %err, "cannot record dispatch sequences");
     }
 }

@@ -110,7 +110,7 @@ async fn apply_and_ack(
                 announce(bus, event).await;
             }
             let _ = message.ack().await;
-            metrics.applied(store, event, &transition).await;
+            metrics.applied(event, &transition);
             true
         }
         Ok(None) => {

@@ -55,7 +55,15 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
     let registry = mediamesh_server::metrics::Registry::new();
     let store = Store::connect_lazy(&config.database_url, config.db_pool_size)?;
     store.migrate_when_ready(Duration::from_secs(60)).await?;
-    let bus = Bus::connect(&config.nats_url, "mediamesh-scheduler", BusConfig::default()).await?;
+    let bus = Bus::connect(
+        &config.nats_url,
+        "mediamesh-scheduler",
+        BusConfig {
+            replicas: usize::from(config.stream_replicas),
+            ..BusConfig::default()
+        },
+    )
+    .await?;
     bus.ensure_streams_when_ready(Duration::from_secs(60)).await?;
 
     let blob = if config.blob_url.is_empty() {
@@ -69,12 +77,13 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
     let wake = Arc::new(Notify::new());
     let tasks = CancellationToken::new();
     let dispatcher = {
-        let (store, bus, wake, config, tasks) = (
+        let (store, bus, wake, config, tasks, scheduler_metrics) = (
             store.clone(),
             bus.clone(),
             Arc::clone(&wake),
             config.clone(),
             tasks.clone(),
+            scheduler_metrics.clone(),
         );
         let id = scheduler_id();
         mediamesh_server::supervise("dispatcher", tasks.clone(), move || {
@@ -85,6 +94,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
                 config.clone(),
                 id.clone(),
                 tasks.clone(),
+                scheduler_metrics.clone(),
             )
         })
     };
@@ -166,6 +176,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, "scheduler listening");
     tonic::transport::Server::builder()
+        .trace_fn(mediamesh_telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(mediamesh_server::reflection()?)
         .add_service(JobServiceServer::new(api.clone()))

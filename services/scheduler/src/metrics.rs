@@ -4,15 +4,13 @@ use mediamesh_bus::{Bus, WorkerEvent};
 use mediamesh_server::metrics::{Counter, Histogram, LATENCY_BUCKETS, Registry};
 use mediamesh_store::{CompletedTransition, Store};
 
-/// A job's kind and when its attempt started.
-type KindAndStart = (String, Option<chrono::DateTime<chrono::Utc>>);
-
 #[derive(Clone)]
 pub struct SchedulerMetrics {
     pub submitted: Counter,
     pub submit_latency: Histogram,
     outcomes: Counter,
     run_duration: Histogram,
+    dispatch_wait: Histogram,
     retries: Counter,
 }
 
@@ -77,6 +75,12 @@ impl SchedulerMetrics {
                 &["kind", "outcome"],
                 LATENCY_BUCKETS,
             ),
+            dispatch_wait: registry.histogram(
+                "mediamesh_scheduler_dispatch_wait_seconds",
+                "How long due attempts waited for the dispatcher (from due to sent to JetStream), by kind",
+                &["kind"],
+                LATENCY_BUCKETS,
+            ),
             retries: registry.counter(
                 "mediamesh_scheduler_job_retries_total",
                 "Failed attempts scheduled for a retry, by kind",
@@ -85,40 +89,30 @@ impl SchedulerMetrics {
         }
     }
 
+    /// Records an attempt the dispatcher claimed.
+    pub fn dispatched(&self, job: &mediamesh_store::DueJob) {
+        if let Some(waited) = job.waited_secs {
+            self.dispatch_wait.observe(&[job.kind.as_str()], waited);
+        }
+    }
+
     /// Records a worker report the scheduler applied.
-    pub async fn applied(&self, store: &Store, event: &WorkerEvent, transition: &CompletedTransition) {
-        let (job_id, attempt, at, outcome) = match event {
+    pub fn applied(&self, event: &WorkerEvent, transition: &CompletedTransition) {
+        let (at, outcome) = match event {
             WorkerEvent::Started { .. } => return,
-            WorkerEvent::Succeeded {
-                job_id, attempt, at, ..
-            } => (*job_id, *attempt, *at, "OK".to_owned()),
-            WorkerEvent::Failed {
-                job_id,
-                attempt,
-                at,
-                code,
-                ..
-            } => (*job_id, *attempt, *at, code.clone()),
+            WorkerEvent::Succeeded { at, .. } => (*at, "OK"),
+            WorkerEvent::Failed { at, code, .. } => (*at, code.as_str()),
         };
-        let row: Result<Option<KindAndStart>, _> = sqlx::query_as(
-            "SELECT j.kind, a.started_at FROM scheduler.jobs j \
-             LEFT JOIN scheduler.attempts a ON a.job_id = j.id AND a.attempt = $2 WHERE j.id = $1",
-        )
-        .bind(job_id)
-        .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
-        .fetch_optional(store.pool())
-        .await;
-        let Ok(Some((kind, started_at))) = row else { return };
-        if let Some(started_at) = started_at
-            && let Ok(d) = (at - started_at).to_std()
-        {
-            self.run_duration.observe_duration(&[&kind, &outcome], d);
+        let Some(run) = &transition.attempt_run else { return };
+        let kind = run.kind.as_str();
+        if let Ok(d) = (at - run.started_at).to_std() {
+            self.run_duration.observe_duration(&[kind, outcome], d);
         }
         let state = transition.event.state.as_str();
         match state {
-            "SUCCEEDED" => self.outcomes.inc(&[&kind, state, ""]),
-            "FAILED" => self.outcomes.inc(&[&kind, state, &outcome]),
-            _ if outcome != "OK" => self.retries.inc(&[&kind]),
+            "SUCCEEDED" => self.outcomes.inc(&[kind, state, ""]),
+            "FAILED" => self.outcomes.inc(&[kind, state, outcome]),
+            _ if outcome != "OK" => self.retries.inc(&[kind]),
             _ => {}
         }
     }
