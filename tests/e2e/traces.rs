@@ -1,11 +1,12 @@
 //! One upload is one trace: the client's `traceparent` is carried through ingest, the
-//! scheduler (kept with the job until it is dispatched), JetStream and the media worker's
-//! attempt, and back with its report; the services export their spans over OTLP to a
+//! scheduler (kept with the job until it is dispatched), JetStream, the media and inference
+//! workers' attempts and the model call, and back with their reports; the services export their spans over OTLP to a
 //! receiver in the test kit, and JSON logs carry the same trace id.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use mediamesh_fakeai::FakeAi;
 use mediamesh_proto::v1 as pb;
 use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
 use mediamesh_testkit::otlp::{OtlpReceiver, ReceivedSpan};
@@ -17,12 +18,15 @@ use crate::JOB_DEADLINE;
 const FILE: &str = "Kleiber_by_Lukas_Baubkus.jpg";
 const SERVER: i32 = 2;
 const PRODUCER: i32 = 4;
+const CLIENT: i32 = 3;
 const CONSUMER: i32 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_upload_is_one_trace_from_the_client_through_the_scheduler_to_the_worker() {
+async fn one_upload_is_one_trace_from_the_client_through_the_scheduler_to_the_worker_and_the_model() {
     let receiver = OtlpReceiver::start().await.unwrap();
+    let provider = FakeAi::start().await.unwrap();
     let mesh = ProcessMesh::launch_with(1, |env| {
+        env.set_all("MM_OPENAI_BASE_URL", provider.base_url());
         env.set_all("MM_OTLP_ENDPOINT", receiver.endpoint());
         // Export batches every 100 ms instead of every 5 s.
         env.set_all("OTEL_BSP_SCHEDULE_DELAY", 100);
@@ -45,7 +49,21 @@ async fn one_upload_is_one_trace_from_the_client_through_the_scheduler_to_the_wo
         .unwrap()
         .into_inner();
     let job_ids: Vec<String> = response.jobs.iter().map(|j| j.id.clone()).collect();
-    assert_eq!(job_ids.len(), 2, "probe and thumbnails: {:?}", response.jobs);
+    let kinds: Vec<&str> = response.jobs.iter().map(|j| j.kind.as_str()).collect();
+    assert_eq!(kinds, ["media.probe", "media.thumbnails", "inference.describe_image"]);
+    // Which service runs each job.
+    let worker_of: HashMap<&str, &str> = response
+        .jobs
+        .iter()
+        .map(|j| {
+            let service = if j.kind.starts_with("inference.") {
+                "mediamesh-inference"
+            } else {
+                "mediamesh-media"
+            };
+            (j.id.as_str(), service)
+        })
+        .collect();
     let mut jobs = mesh.jobs();
     for id in &job_ids {
         let done = wait_job(&mut jobs, id, JOB_DEADLINE).await.unwrap();
@@ -58,12 +76,14 @@ async fn one_upload_is_one_trace_from_the_client_through_the_scheduler_to_the_wo
         let ours: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
         let ids: HashSet<&str> = ours.iter().map(|s| s.span_id.as_str()).collect();
         let attempts_and_reports = job_ids.iter().all(|id| {
-            ["mediamesh-media", "mediamesh-scheduler"].iter().all(|service| {
+            [worker_of[id.as_str()], "mediamesh-scheduler"].iter().all(|service| {
                 ours.iter()
                     .any(|s| s.service == *service && s.attribute("job_id") == Some(id.as_str()) && s.kind != PRODUCER)
             })
         });
+        let model_call = ours.iter().any(|s| s.name == "ai.call");
         attempts_and_reports
+            && model_call
             && ours
                 .iter()
                 .all(|s| s.parent_span_id == client_span || ids.contains(s.parent_span_id.as_str()))
@@ -119,13 +139,29 @@ async fn one_upload_is_one_trace_from_the_client_through_the_scheduler_to_the_wo
         // The worker's attempt: a child of the dispatch, across JetStream.
         let attempt = ours
             .iter()
-            .find(|s| s.service == "mediamesh-media" && s.attribute("job_id") == Some(id.as_str()))
-            .unwrap_or_else(|| panic!("no media span for {id}: {ours:#?}"));
+            .find(|s| s.service == worker_of[id.as_str()] && s.attribute("job_id") == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("no worker span for {id}: {ours:#?}"));
         assert_eq!(attempt.kind, CONSUMER);
         assert_eq!(attempt.parent_span_id, dispatch.span_id, "{attempt:?}");
         assert_eq!(attempt.attribute("outcome"), Some("OK"));
         assert_eq!(attempt.attribute("tenant"), Some("default"));
-        assert!(attempt.attribute("kind").is_some_and(|k| k.starts_with("media.")));
+        let kind = attempt.attribute("kind").unwrap_or_default();
+        assert!(
+            kind.starts_with("media.") || kind.starts_with("inference."),
+            "{attempt:?}"
+        );
+        // The model call, under the inference attempt.
+        if kind.starts_with("inference.") {
+            let call = ours
+                .iter()
+                .find(|s| s.name == "ai.call" && ancestors(s, &parent).any(|a| a.span_id == attempt.span_id))
+                .unwrap_or_else(|| panic!("no provider call under {id}'s attempt: {ours:#?}"));
+            assert_eq!(call.service, "mediamesh-inference");
+            assert_eq!(call.kind, CLIENT);
+            assert_eq!(call.attribute("task"), Some("describe_image"));
+            assert_eq!(call.attribute("outcome"), Some("ok"));
+            assert_eq!(call.attribute("provider"), Some("default"));
+        }
         // The report, applied by the scheduler under the attempt.
         let applied = ours
             .iter()
