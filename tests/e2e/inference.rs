@@ -15,7 +15,7 @@ use mediamesh_testkit::{Configs, Mesh, download, read_fixture, upload, upload_as
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::{JOB_DEADLINE, as_tenant, code_of};
+use crate::{JOB_DEADLINE, as_tenant, by_kind, code_of, failed_with, finish_all, metadata, submit};
 use mediamesh_core::ErrorCode;
 
 const KEY: &str = "sk-mm-test-4f9c2e7d-SECRET";
@@ -58,64 +58,6 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("mediamesh.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-async fn finish_all(jobs: &mut JobServiceClient<Channel>, list: &[pb::Job]) -> Vec<pb::Job> {
-    let mut done = Vec::new();
-    for job in list {
-        done.push(wait_job(jobs, &job.id, JOB_DEADLINE).await.unwrap());
-    }
-    done
-}
-
-fn by_kind<'a>(done: &'a [pb::Job], kind: &str) -> &'a pb::Job {
-    done.iter().find(|j| j.kind == kind).unwrap_or_else(|| {
-        panic!(
-            "no {kind} job among {:?}",
-            done.iter().map(|j| &j.kind).collect::<Vec<_>>()
-        )
-    })
-}
-
-fn metadata(job: &pb::Job) -> Value {
-    assert_eq!(
-        job.state,
-        pb::JobState::Succeeded as i32,
-        "{} ended {:?}: {:?}",
-        job.kind,
-        job.state,
-        job.error
-    );
-    serde_json::from_str(&job.result.as_ref().unwrap().metadata_json).unwrap()
-}
-
-fn error_of(job: &pb::Job) -> (ErrorCode, String) {
-    assert_eq!(
-        job.state,
-        pb::JobState::Failed as i32,
-        "{} did not fail: {:?}",
-        job.kind,
-        job.result
-    );
-    let error = job.error.as_ref().unwrap();
-    let code = pb::ErrorCode::try_from(error.code)
-        .ok()
-        .and_then(|c| ErrorCode::parse(c.as_str_name().trim_start_matches("ERROR_CODE_")))
-        .unwrap_or(ErrorCode::Internal);
-    (code, error.message.clone())
-}
-
-async fn submit(
-    jobs_client: &mut mediamesh_proto::v1::ingest_service_client::IngestServiceClient<Channel>,
-    spec: pb::JobSpec,
-) -> pb::Job {
-    jobs_client
-        .submit_job(pb::SubmitJobRequest { job: Some(spec) })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
 }
 
 fn text_job(prompt: &str, max_attempts: u32) -> pb::JobSpec {
@@ -568,7 +510,7 @@ output_per_1m_tokens = 2.0
         .job
         .unwrap();
     let job = wait_job_as(&mut jobs, "frugal", &job.id).await;
-    let (code, _) = error_of(&job);
+    let (code, _) = failed_with(&job);
     assert_eq!(code, ErrorCode::BudgetExceeded);
     assert_eq!(job.attempts.len(), 1, "BUDGET_EXCEEDED is not retried");
     assert_eq!(fake.count(Route::ChatCompletions), chats);
@@ -625,7 +567,7 @@ generate_text = "gpt-4o-mini"
     // 500s that do not stop: PROVIDER_DOWN after the provider's retries, retryable.
     fake.set_persistent_fault(Some(Route::ChatCompletions), Some(Fault::ServerError));
     let (job, seen) = run("always 500", 1).await;
-    let (code, message) = error_of(&job);
+    let (code, message) = failed_with(&job);
     assert_eq!(code, ErrorCode::ProviderDown, "{message}");
     assert!(job.error.as_ref().unwrap().retryable);
     assert_eq!(seen.len(), 2, "one call and max_retries = 1");
@@ -634,18 +576,18 @@ generate_text = "gpt-4o-mini"
     // 400: BAD_INPUT, neither retried by the gateway nor by the job system.
     fake.fail_next(Some(Route::ChatCompletions), 1, Fault::BadRequest);
     let (job, seen) = run("refused as bad", 3).await;
-    assert_eq!(error_of(&job).0, ErrorCode::BadInput);
+    assert_eq!(failed_with(&job).0, ErrorCode::BadInput);
     assert_eq!((seen.len(), job.attempts.len()), (1, 1));
 
     // Slower than the provider's timeout: TIMEOUT.
     fake.fail_next(Some(Route::ChatCompletions), 2, Fault::Slow(Duration::from_secs(4)));
     let (job, _) = run("too slow", 1).await;
-    assert_eq!(error_of(&job).0, ErrorCode::Timeout);
+    assert_eq!(failed_with(&job).0, ErrorCode::Timeout);
 
     // The connection drops: NETWORK.
     fake.fail_next(Some(Route::ChatCompletions), 2, Fault::ConnectionReset);
     let (job, seen) = run("connection reset", 1).await;
-    assert_eq!(error_of(&job).0, ErrorCode::Network);
+    assert_eq!(failed_with(&job).0, ErrorCode::Network);
     assert_eq!(seen.len(), 2);
 
     // Malformed JSON once: retried and answered.
@@ -814,7 +756,7 @@ async fn the_api_key_never_reaches_logs_errors_or_results() {
     fake.set_persistent_fault(None, Some(Fault::Unauthorized));
     let job = submit(&mut ingest, text_job("hello", 1)).await;
     let job = wait_job(&mut jobs, &job.id, JOB_DEADLINE).await.unwrap();
-    let (code, message) = error_of(&job);
+    let (code, message) = failed_with(&job);
     assert_eq!(code, ErrorCode::ProviderDown);
     assert!(message.contains("credentials") && !message.contains(KEY), "{message}");
     let mut ai = mediamesh_proto::v1::inference_service_client::InferenceServiceClient::new(

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::{JOB_DEADLINE, as_tenant, code_of};
+use crate::{JOB_DEADLINE, as_tenant, code_of, submit};
 
 fn sleep_spec(payload: Value) -> pb::JobSpec {
     pb::JobSpec {
@@ -22,16 +22,6 @@ fn sleep_spec(payload: Value) -> pb::JobSpec {
         payload_json: payload.to_string(),
         ..Default::default()
     }
-}
-
-async fn submit(ingest: &mut IngestServiceClient<Channel>, spec: pb::JobSpec) -> pb::Job {
-    ingest
-        .submit_job(pb::SubmitJobRequest { job: Some(spec) })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
 }
 
 /// Submits the specs in one `SubmitJobs` call as `tenant`; returns the job ids in order.

@@ -12,69 +12,7 @@ use mediamesh_testkit::{Mesh, download, read_fixture, upload, upload_as, wait_jo
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use crate::{JOB_DEADLINE, as_tenant, code_of};
-
-/// Waits for every job of an upload; returns them by kind.
-async fn finish_all(
-    jobs: &mut JobServiceClient<Channel>,
-    response: &pb::UploadMediaResponse,
-) -> Vec<(String, pb::Job)> {
-    let mut done = Vec::new();
-    for job in &response.jobs {
-        let finished = wait_job(jobs, &job.id, JOB_DEADLINE).await.unwrap();
-        done.push((job.kind.clone(), finished));
-    }
-    done
-}
-
-fn by_kind<'a>(done: &'a [(String, pb::Job)], kind: &str) -> &'a pb::Job {
-    &done
-        .iter()
-        .find(|(k, _)| k == kind)
-        .unwrap_or_else(|| panic!("no {kind} job"))
-        .1
-}
-
-fn succeeded(job: &pb::Job) -> &pb::JobResult {
-    assert_eq!(
-        job.state,
-        pb::JobState::Succeeded as i32,
-        "{} ended {:?}: {:?}",
-        job.kind,
-        job.state,
-        job.error
-    );
-    job.result.as_ref().unwrap()
-}
-
-fn metadata(job: &pb::Job) -> Value {
-    serde_json::from_str(&succeeded(job).metadata_json).unwrap()
-}
-
-fn failed_with(job: &pb::Job) -> (mediamesh_core::ErrorCode, String) {
-    assert_eq!(
-        job.state,
-        pb::JobState::Failed as i32,
-        "{} did not fail: {:?}",
-        job.kind,
-        job.result
-    );
-    let error = job.error.as_ref().unwrap();
-    let code = mediamesh_core::ErrorCode::parse(&error.code_name()).unwrap_or(mediamesh_core::ErrorCode::Internal);
-    (code, error.message.clone())
-}
-
-trait CodeName {
-    fn code_name(&self) -> String;
-}
-
-impl CodeName for pb::JobError {
-    fn code_name(&self) -> String {
-        pb::ErrorCode::try_from(self.code)
-            .map(|c| c.as_str_name().trim_start_matches("ERROR_CODE_").to_owned())
-            .unwrap_or_default()
-    }
-}
+use crate::{JOB_DEADLINE, as_tenant, by_kind, code_of, failed_with, finish_all, metadata, succeeded};
 
 /// ffprobe's view of a file: (format duration, [(codec_type, codec_name, width, height)]).
 fn ffprobe(path: &Path) -> (f64, Vec<(String, String, u64, u64)>) {
@@ -196,7 +134,7 @@ async fn every_audio_fixture_gets_probed_and_a_waveform() {
         let response = upload(&mut ingest, audio.file, &data).await.unwrap();
         let kinds: Vec<&str> = response.jobs.iter().map(|j| j.kind.as_str()).collect();
         assert_eq!(kinds, ["media.probe", "media.waveform"], "{}", audio.file);
-        let done = finish_all(&mut jobs, &response).await;
+        let done = finish_all(&mut jobs, &response.jobs).await;
 
         let probe = metadata(by_kind(&done, "media.probe"));
         assert_eq!(probe["media_kind"], "audio", "{}: {probe}", audio.file);
@@ -270,7 +208,7 @@ async fn videos_get_a_frame_and_a_ten_second_720p_preview() {
     let kinds: Vec<&str> = response.jobs.iter().map(|j| j.kind.as_str()).collect();
     assert_eq!(kinds, ["media.probe", "media.video_thumbnail", "media.video_preview"]);
     let media_id = response.media.as_ref().unwrap().id.clone();
-    let done = finish_all(&mut jobs, &response).await;
+    let done = finish_all(&mut jobs, &response.jobs).await;
     let probe = metadata(by_kind(&done, "media.probe"));
     assert_eq!(probe["media_kind"], "video");
     assert_eq!(probe["video"]["codec"], "h264", "{probe}");
@@ -328,7 +266,7 @@ async fn videos_get_a_frame_and_a_ten_second_720p_preview() {
     );
     let response = upload(&mut ingest, "long.mp4", &long).await.unwrap();
     let media_id = response.media.as_ref().unwrap().id.clone();
-    let done = finish_all(&mut jobs, &response).await;
+    let done = finish_all(&mut jobs, &response.jobs).await;
     let at = metadata(by_kind(&done, "media.video_thumbnail"))["at_s"]
         .as_f64()
         .unwrap();
@@ -454,8 +392,8 @@ async fn the_same_bytes_reuse_the_work_done_before() {
     for file in ["Dragonfly_by_Bolly.jpg", "speech_en.mp3"] {
         let data = read_fixture(file);
         let first = upload(&mut ingest, file, &data).await.unwrap();
-        let first_done = finish_all(&mut jobs, &first).await;
-        for (_, job) in &first_done {
+        let first_done = finish_all(&mut jobs, &first.jobs).await;
+        for job in &first_done {
             assert!(!succeeded(job).reused, "{file} {}: first run computes", job.kind);
         }
         let first_id = first.media.as_ref().unwrap().id.clone();
@@ -477,7 +415,7 @@ async fn the_same_bytes_reuse_the_work_done_before() {
             let done = wait_tenant_job(&mut jobs, "tenant-b", &job.id).await;
             let result = succeeded(&done);
             assert!(result.reused, "{file} {}: reused", done.kind);
-            let (_, earlier) = first_done.iter().find(|(k, _)| *k == done.kind).unwrap();
+            let earlier = first_done.iter().find(|j| j.kind == done.kind).unwrap();
             let earlier = succeeded(earlier);
             assert_eq!(result.metadata_json, earlier.metadata_json, "{file} {}", done.kind);
             assert_eq!(result.outputs.len(), earlier.outputs.len());
@@ -595,7 +533,7 @@ async fn broken_audio_and_video_fail_cleanly_and_the_worker_goes_on() {
     wav.extend_from_slice(b"data");
     wav.extend_from_slice(&0u32.to_le_bytes());
     let response = upload(&mut ingest, "silent.wav", &wav).await.unwrap();
-    let done = finish_all(&mut jobs, &response).await;
+    let done = finish_all(&mut jobs, &response.jobs).await;
     let (code, message) = failed_with(by_kind(&done, "media.waveform"));
     assert_eq!(code, ErrorCode::BadInput, "{message}");
     assert!(
@@ -619,11 +557,12 @@ async fn broken_audio_and_video_fail_cleanly_and_the_worker_goes_on() {
         ],
     );
     let response = upload(&mut ingest, "sound.mp4", &sound_only).await.unwrap();
-    let done = finish_all(&mut jobs, &response).await;
-    if let Some((_, probe)) = done.iter().find(|(k, _)| k == "media.probe") {
+    let done = finish_all(&mut jobs, &response.jobs).await;
+    if let Some(probe) = done.iter().find(|j| j.kind == "media.probe") {
         assert!(metadata(probe)["video"].is_null());
     }
-    for (kind, job) in &done {
+    for job in &done {
+        let kind = &job.kind;
         if kind == "media.video_thumbnail" || kind == "media.video_preview" {
             let (code, message) = failed_with(job);
             assert_eq!(code, ErrorCode::BadInput, "{kind}: {message}");
@@ -644,7 +583,8 @@ async fn broken_audio_and_video_fail_cleanly_and_the_worker_goes_on() {
                 continue;
             }
         };
-        for (kind, job) in finish_all(&mut jobs, &response).await {
+        for job in finish_all(&mut jobs, &response.jobs).await {
+            let kind = job.kind.clone();
             if job.state == pb::JobState::Failed as i32 {
                 let (code, message) = failed_with(&job);
                 assert_eq!(code, ErrorCode::BadInput, "{file} {kind}: {message}");
@@ -672,7 +612,7 @@ async fn broken_audio_and_video_fail_cleanly_and_the_worker_goes_on() {
     )
     .await
     .unwrap();
-    for (_, job) in finish_all(&mut jobs, &response).await {
+    for job in finish_all(&mut jobs, &response.jobs).await {
         succeeded(&job);
     }
     mesh.shutdown().await.unwrap();
@@ -756,7 +696,7 @@ async fn the_worker_peak_memory_on_a_20_mp_photo_is_bounded() {
     let mut jobs = mesh.jobs();
     let data = read_fixture("Kleiber_by_Lukas_Baubkus.jpg");
     let response = upload(&mut ingest, "kleiber.jpg", &data).await.unwrap();
-    for (_, job) in finish_all(&mut jobs, &response).await {
+    for job in finish_all(&mut jobs, &response.jobs).await {
         succeeded(&job);
     }
     let pid = mesh.pid(Process::Media(0)).unwrap();
