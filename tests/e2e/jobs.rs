@@ -190,21 +190,11 @@ async fn cancelling_a_running_job_kills_its_subprocess_within_a_second() {
     assert!(alive(pid), "the subprocess {pid} runs");
     // The worker's progress (core NATS) can overtake its `started` report (JetStream): wait
     // until the scheduler has recorded the attempt, so the cancel hits a RUNNING job.
-    let deadline = std::time::Instant::now() + JOB_DEADLINE;
-    loop {
-        let current = jobs
-            .get_job(pb::GetJobRequest { job_id: job.id.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
-        if !current.attempts.is_empty() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the attempt was never recorded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(&mut jobs, &job.id, JOB_DEADLINE, |j| {
+        j.as_ref().is_ok_and(|j| !j.attempts.is_empty())
+    })
+    .await
+    .unwrap();
 
     let cancelled_at = std::time::Instant::now();
     let response = jobs
@@ -220,24 +210,15 @@ async fn cancelling_a_running_job_kills_its_subprocess_within_a_second() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut job = wait_job(&mut jobs, &job.id, JOB_DEADLINE).await.unwrap();
+    let job = wait_job(&mut jobs, &job.id, JOB_DEADLINE).await.unwrap();
     assert_eq!(state(&job), pb::JobState::Cancelled);
     // The attempt closes when the worker reports how it stopped.
-    let deadline = std::time::Instant::now() + JOB_DEADLINE;
-    while job.attempts[0].finished_at.is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker never reported the cancelled attempt"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        job = jobs
-            .get_job(pb::GetJobRequest { job_id: job.id.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
-    }
+    let job = wait_until(&mut jobs, &job.id, JOB_DEADLINE, |j| {
+        j.as_ref()
+            .is_ok_and(|j| j.attempts.first().is_some_and(|a| a.finished_at.is_some()))
+    })
+    .await
+    .unwrap();
     assert_eq!(job.attempts[0].outcome, pb::JobState::Cancelled as i32);
     // The only slot is free again.
     let next = submit(&mut ingest, sleep_spec(json!({ "ms": 1 }))).await;
