@@ -12,6 +12,8 @@ meshctl=target/release/meshctl
 data=.mediamesh/demo
 rm -rf "$data"
 export MM_ADDR=http://127.0.0.1:50051
+# meshctl dev writes the dev tenant's API key and the admin token into its data dir.
+export MM_API_KEY_FILE="$data/api-key"
 "$meshctl" dev --data-dir "$data" --log warn &
 dev=$!
 trap 'kill -TERM $dev 2>/dev/null || true; wait $dev 2>/dev/null || true' EXIT

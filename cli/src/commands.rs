@@ -10,15 +10,16 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::admin_service_client::AdminServiceClient;
 use mediamesh_proto::v1::inference_service_client::InferenceServiceClient;
 use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
+use mediamesh_server::auth::{AuthedChannel, Credentials};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
-use tonic::transport::Channel;
 
 use crate::output::{job_json, job_line, media_json, state_name};
-use crate::{Command, Output};
+use crate::{Command, KeysCommand, Output, QuotasCommand};
 
 const CHUNK: usize = 512 * 1024;
 
@@ -30,18 +31,40 @@ pub fn error_code(err: &anyhow::Error) -> &'static str {
 }
 
 struct Clients {
-    ingest: IngestServiceClient<Channel>,
-    jobs: JobServiceClient<Channel>,
-    inference: InferenceServiceClient<Channel>,
+    ingest: IngestServiceClient<AuthedChannel>,
+    jobs: JobServiceClient<AuthedChannel>,
+    inference: InferenceServiceClient<AuthedChannel>,
 }
 
-async fn connect(addr: &str) -> Result<Clients> {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+/// Where `meshctl dev` leaves the dev tenant's key and the admin token (its default data dir).
+const DEV_KEY_FILE: &str = ".mediamesh/api-key";
+const DEV_ADMIN_FILE: &str = ".mediamesh/admin-token";
+
+/// The API key to send: given, else read from the key file, else the dev key if there is one.
+pub fn api_key(key: Option<String>, file: Option<PathBuf>) -> Result<Option<String>> {
+    if let Some(key) = key.filter(|k| !k.trim().is_empty()) {
+        return Ok(Some(key.trim().to_owned()));
+    }
+    if let Some(file) = file {
+        let key =
+            std::fs::read_to_string(&file).with_context(|| format!("reading the API key from {}", file.display()))?;
+        return Ok(Some(key.trim().to_owned()));
+    }
+    Ok(std::fs::read_to_string(DEV_KEY_FILE).ok().map(|k| k.trim().to_owned()))
+}
+
+async fn dial(addr: &str) -> Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(addr.to_owned())
         .with_context(|| format!("invalid address {addr:?}"))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .with_context(|| format!("cannot reach the mesh at {addr} (is `meshctl dev` running? set MM_ADDR)"))?;
+        .with_context(|| format!("cannot reach the mesh at {addr} (is `meshctl dev` running? set MM_ADDR)"))
+}
+
+async fn connect(addr: &str, key: Option<&str>) -> Result<Clients> {
+    let credentials = key.map(Credentials::bearer).unwrap_or_default();
+    let channel = credentials.channel(dial(addr).await?);
     Ok(Clients {
         ingest: IngestServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024),
         jobs: JobServiceClient::new(channel.clone()),
@@ -56,10 +79,12 @@ fn print(output: Output, value: &Value, text: impl FnOnce() -> String) {
     }
 }
 
-pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCode> {
-    let mut c = connect(addr).await?;
+pub async fn run(addr: &str, output: Output, key: Option<String>, command: Command) -> Result<ExitCode> {
+    let mut c = connect(addr, key.as_deref()).await?;
     match command {
-        Command::Dev(_) | Command::Health { .. } => bail!("not a client command"),
+        Command::Dev(_) | Command::Health { .. } | Command::Keys { .. } | Command::Quotas { .. } => {
+            bail!("not a client command")
+        }
         Command::Upload {
             files,
             watch,
@@ -138,32 +163,65 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
             media,
             state,
             kind,
+            since,
+            until,
             limit,
+            page_token,
+            all,
         } => {
-            let state = match state {
-                Some(s) => pb::JobState::from_str_name(&format!("JOB_STATE_{}", s.to_uppercase()))
-                    .ok_or_else(|| anyhow!("unknown state {s:?}"))? as i32,
-                None => 0,
+            let mut request = pb::ListJobsRequest {
+                media_id: media,
+                state: parse_state(state.as_deref())? as i32,
+                kind,
+                page_size: limit,
+                page_token,
+                created_after: since
+                    .as_deref()
+                    .map(parse_when)
+                    .transpose()?
+                    .map(mediamesh_core::to_timestamp),
+                created_before: until
+                    .as_deref()
+                    .map(parse_when)
+                    .transpose()?
+                    .map(mediamesh_core::to_timestamp),
             };
-            let response = c
-                .jobs
-                .list_jobs(pb::ListJobsRequest {
-                    media_id: media,
-                    state,
-                    kind,
-                    page_size: limit,
-                    page_token: String::new(),
-                })
-                .await?
-                .into_inner();
-            let jobs: Vec<Value> = response.jobs.iter().map(job_json).collect();
-            print(
-                output,
-                &json!({ "jobs": jobs, "next_page_token": response.next_page_token }),
-                || response.jobs.iter().map(job_line).collect::<Vec<_>>().join("\n"),
-            );
+            let mut jobs = Vec::new();
+            let next = loop {
+                let response = c.jobs.list_jobs(request.clone()).await?.into_inner();
+                jobs.extend(response.jobs);
+                if !all || response.next_page_token.is_empty() {
+                    break response.next_page_token;
+                }
+                request.page_token = response.next_page_token;
+            };
+            let values: Vec<Value> = jobs.iter().map(job_json).collect();
+            print(output, &json!({ "jobs": values, "next_page_token": next }), || {
+                let mut lines: Vec<String> = jobs.iter().map(job_line).collect();
+                if !next.is_empty() {
+                    lines.push(format!("more: --page-token {next}"));
+                }
+                lines.join("\n")
+            });
         }
-        Command::Watch { job_id } => {
+        Command::Watch {
+            job_id: None,
+            kind,
+            state,
+            media,
+            cursor,
+        } => {
+            let request = pb::WatchJobsRequest {
+                kind,
+                state: parse_state(state.as_deref())? as i32,
+                media_id: media,
+                cursor,
+            };
+            return watch_all(&mut c.jobs, output, request).await;
+        }
+        Command::Watch {
+            job_id: Some(job_id), ..
+        } => {
             let job = c
                 .jobs
                 .get_job(pb::GetJobRequest { job_id })
@@ -362,6 +420,292 @@ pub async fn run(addr: &str, output: Output, command: Command) -> Result<ExitCod
                 output,
                 &json!({ "path": path.display().to_string(), "name": header.name, "content_type": header.content_type, "bytes": data.len() }),
                 || format!("{} ({} bytes, {})", path.display(), data.len(), header.content_type),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_state(state: Option<&str>) -> Result<pb::JobState> {
+    match state {
+        Some(s) => pb::JobState::from_str_name(&format!("JOB_STATE_{}", s.to_uppercase()))
+            .ok_or_else(|| anyhow!("unknown state {s:?}: QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED or CANCELLED")),
+        None => Ok(pb::JobState::Unspecified),
+    }
+}
+
+/// A time: RFC 3339, or an age before now (`90s`, `15m`, `2h`, `7d`).
+fn parse_when(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| anyhow!("{s:?}: give a time (RFC 3339) or an age such as 90s, 15m, 2h, 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("{s:?}: the units are s, m, h and d"),
+    };
+    Ok(chrono::Utc::now() - chrono::Duration::seconds(secs))
+}
+
+/// A live table of the tenant's jobs (text on a terminal), or one line / JSON document per
+/// change, until interrupted.
+async fn watch_all(
+    jobs: &mut JobServiceClient<AuthedChannel>,
+    output: Output,
+    request: pb::WatchJobsRequest,
+) -> Result<ExitCode> {
+    let mut stream = jobs.watch_jobs(request).await?.into_inner();
+    let table = output == Output::Text && std::io::stdout().is_terminal();
+    // Job id -> (kind, state, progress, message, when), most recent last.
+    let mut rows: Vec<(String, String, String, f32, String, String)> = Vec::new();
+    while let Some(change) = stream.next().await {
+        let change = change?;
+        let state = state_name(change.state).to_owned();
+        let at = change
+            .at
+            .as_ref()
+            .and_then(mediamesh_core::from_timestamp)
+            .map(|t| t.format("%H:%M:%S").to_string())
+            .unwrap_or_default();
+        if output == Output::Json {
+            println!(
+                "{}",
+                json!({
+                    "job_id": change.job_id, "state": state, "attempt": change.attempt,
+                    "progress": change.progress, "message": change.message, "cursor": change.cursor,
+                    "job": change.job.as_ref().map(job_json),
+                })
+            );
+            continue;
+        }
+        let kind = change.job.as_ref().map(|j| j.kind.clone());
+        let index = rows.iter().position(|r| r.0 == change.job_id);
+        let mut row = match index {
+            Some(i) => rows.remove(i),
+            None => (
+                change.job_id.clone(),
+                String::new(),
+                String::new(),
+                0.0,
+                String::new(),
+                String::new(),
+            ),
+        };
+        if let Some(kind) = kind {
+            row.1 = kind;
+        }
+        row.2 = state.clone();
+        row.3 = change.progress;
+        row.4 = change.message.clone();
+        row.5 = at.clone();
+        rows.push(row);
+        if rows.len() > 200 {
+            rows.remove(0);
+        }
+        if table {
+            let height = 30;
+            let mut screen = String::from("\x1b[H\x1b[2J");
+            screen.push_str(&format!(
+                "{:<36}  {:<24} {:<10} {:>5}  {:<8}  {}\n",
+                "JOB", "KIND", "STATE", "%", "AT", "STAGE"
+            ));
+            for (id, kind, state, progress, message, at) in rows.iter().rev().take(height) {
+                screen.push_str(&format!(
+                    "{id:<36}  {kind:<24} {state:<10} {:>5.0}  {at:<8}  {message}\n",
+                    progress * 100.0
+                ));
+            }
+            print!("{screen}");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+        } else if change.seq > 0 {
+            println!(
+                "{at}  {}  {:<24} {state}",
+                change.job_id,
+                rows.last().map_or("", |r| r.1.as_str())
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn admin(addr: &str, token: Option<String>) -> Result<AdminServiceClient<AuthedChannel>> {
+    let token = match token.filter(|t| !t.trim().is_empty()) {
+        Some(token) => token,
+        None => std::fs::read_to_string(DEV_ADMIN_FILE)
+            .map(|t| t.trim().to_owned())
+            .map_err(|_| anyhow!("the admin token is needed: set MM_ADMIN_TOKEN (or run `meshctl dev`, which writes {DEV_ADMIN_FILE})"))?,
+    };
+    Ok(AdminServiceClient::new(
+        Credentials::bearer(&token).channel(dial(addr).await?),
+    ))
+}
+
+fn key_json(key: &pb::ApiKey) -> Value {
+    let when = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .and_then(mediamesh_core::from_timestamp)
+            .map(|t| t.to_rfc3339())
+    };
+    json!({
+        "id": key.id, "tenant": key.tenant, "name": key.name, "prefix": key.prefix,
+        "created_at": when(&key.created_at), "last_used_at": when(&key.last_used_at),
+        "revoked_at": when(&key.revoked_at),
+    })
+}
+
+fn key_line(key: &pb::ApiKey) -> String {
+    let revoked = if key.revoked_at.is_some() { "  REVOKED" } else { "" };
+    format!(
+        "{}  {:<20} {:<14} {}{revoked}",
+        key.id, key.tenant, key.prefix, key.name
+    )
+}
+
+pub async fn keys(addr: &str, output: Output, token: Option<String>, command: KeysCommand) -> Result<ExitCode> {
+    let mut client = admin(addr, token).await?;
+    match command {
+        KeysCommand::Create { tenant, name } => {
+            let response = client
+                .create_api_key(pb::CreateApiKeyRequest { tenant, name })
+                .await?
+                .into_inner();
+            let key = response.key.ok_or_else(|| anyhow!("no key in the response"))?;
+            let mut value = key_json(&key);
+            value["key"] = json!(response.secret);
+            print(output, &value, || {
+                format!(
+                    "{}\n\nkey {} for tenant {:?}: keep it now, it is not shown again (MM_API_KEY=...)",
+                    response.secret, key.id, key.tenant
+                )
+            });
+        }
+        KeysCommand::List { tenant, all } => {
+            let keys = client
+                .list_api_keys(pb::ListApiKeysRequest {
+                    tenant,
+                    include_revoked: all,
+                })
+                .await?
+                .into_inner()
+                .keys;
+            let values: Vec<Value> = keys.iter().map(key_json).collect();
+            print(output, &json!({ "keys": values }), || {
+                keys.iter().map(key_line).collect::<Vec<_>>().join("\n")
+            });
+        }
+        KeysCommand::Revoke { key } => {
+            let key = client
+                .revoke_api_key(pb::RevokeApiKeyRequest { key })
+                .await?
+                .into_inner()
+                .key
+                .ok_or_else(|| anyhow!("no key in the response"))?;
+            print(output, &key_json(&key), || key_line(&key));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quotas_json(q: &pb::Quotas) -> Value {
+    json!({
+        "jobs_per_hour": q.jobs_per_hour, "jobs_per_day": q.jobs_per_day,
+        "upload_bytes": q.upload_bytes, "payload_bytes": q.payload_bytes,
+        "stored_bytes": q.stored_bytes, "running_jobs": q.running_jobs,
+        "submits_per_second": q.submits_per_second, "submit_burst": q.submit_burst,
+    })
+}
+
+fn quotas_text(effective: &pb::Quotas, overrides: &pb::Quotas) -> String {
+    let e = quotas_json(effective);
+    let o = quotas_json(overrides);
+    let mut lines = Vec::new();
+    if let (Some(e), Some(o)) = (e.as_object(), o.as_object()) {
+        for (name, value) in e {
+            let set = if o.get(name).is_some_and(|v| !v.is_null()) {
+                "  (set for this tenant)"
+            } else {
+                ""
+            };
+            let shown = if value.as_f64() == Some(0.0) {
+                "no limit".to_owned()
+            } else {
+                value.to_string()
+            };
+            lines.push(format!("{name:<20} {shown}{set}"));
+        }
+    }
+    lines.join("\n")
+}
+
+pub async fn quotas(addr: &str, output: Output, token: Option<String>, command: QuotasCommand) -> Result<ExitCode> {
+    let mut client = admin(addr, token).await?;
+    match command {
+        QuotasCommand::Get { tenant } => {
+            let r = client.get_tenant(pb::GetTenantRequest { tenant }).await?.into_inner();
+            let (effective, overrides, usage) = (
+                r.effective.unwrap_or_default(),
+                r.overrides.unwrap_or_default(),
+                r.usage.unwrap_or_default(),
+            );
+            let value = json!({
+                "tenant": r.tenant, "effective": quotas_json(&effective), "overrides": quotas_json(&overrides),
+                "usage": { "jobs_last_hour": usage.jobs_last_hour, "jobs_last_day": usage.jobs_last_day,
+                           "stored_bytes": usage.stored_bytes, "running_jobs": usage.running_jobs },
+            });
+            print(output, &value, || {
+                format!(
+                    "tenant {}\n{}\n\nused: {} jobs in the last hour, {} in the last day, {} bytes stored, {} running",
+                    r.tenant,
+                    quotas_text(&effective, &overrides),
+                    usage.jobs_last_hour,
+                    usage.jobs_last_day,
+                    usage.stored_bytes,
+                    usage.running_jobs
+                )
+            });
+        }
+        QuotasCommand::Set {
+            tenant,
+            jobs_per_hour,
+            jobs_per_day,
+            upload_bytes,
+            payload_bytes,
+            stored_bytes,
+            running_jobs,
+            submits_per_second,
+            submit_burst,
+            reset,
+        } => {
+            let quotas = pb::Quotas {
+                jobs_per_hour,
+                jobs_per_day,
+                upload_bytes,
+                payload_bytes,
+                stored_bytes,
+                running_jobs,
+                submits_per_second,
+                submit_burst,
+            };
+            let r = client
+                .set_quotas(pb::SetQuotasRequest {
+                    tenant,
+                    quotas: Some(quotas),
+                    reset,
+                })
+                .await?
+                .into_inner();
+            let (effective, overrides) = (r.effective.unwrap_or_default(), r.overrides.unwrap_or_default());
+            print(
+                output,
+                &json!({ "effective": quotas_json(&effective), "overrides": quotas_json(&overrides) }),
+                || quotas_text(&effective, &overrides),
             );
         }
     }
@@ -570,7 +914,7 @@ async fn upload(
 }
 
 async fn upload_one(
-    ingest: &mut IngestServiceClient<Channel>,
+    ingest: &mut IngestServiceClient<AuthedChannel>,
     path: &Path,
     category: &str,
     extract_schema: &str,
@@ -615,7 +959,11 @@ async fn upload_one(
 }
 
 /// Watches the jobs until each has ended; returns them as they ended, in the same order.
-async fn follow(jobs_client: &mut JobServiceClient<Channel>, output: Output, jobs: &[pb::Job]) -> Result<Vec<pb::Job>> {
+async fn follow(
+    jobs_client: &mut JobServiceClient<AuthedChannel>,
+    output: Output,
+    jobs: &[pb::Job],
+) -> Result<Vec<pb::Job>> {
     let tty = output == Output::Text && std::io::stderr().is_terminal();
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:.bold} {bar:30} {percent:>3}% {msg}")

@@ -101,6 +101,18 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| format!("file://{}", data.join("blobs").display()));
 
+    // Auth as in production: a fresh internal and admin token per run, and a key for the
+    // `dev` tenant that the other meshctl commands find in the data dir.
+    let internal_token = mediamesh_server::auth::Token::generate();
+    let admin_token = mediamesh_server::auth::Token::generate();
+    let api_key = dev_key(&database_url).await?;
+    write_secret(&data.join("api-key"), &api_key)?;
+    write_secret(&data.join("admin-token"), admin_token.expose())?;
+    let auth = mediamesh_server::auth::AuthArgs {
+        auth: mediamesh_server::auth::AuthMode::On,
+        internal_token: Some(internal_token),
+    };
+
     let shutdown = mediamesh_server::shutdown_on_signals();
     let mut ingest = mediamesh_ingest::IngestConfig::new(
         args.ingest_addr,
@@ -109,11 +121,16 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
         format!("http://{}", args.scheduler_addr),
     );
     ingest.inference_addr = format!("http://{}", args.inference_addr);
+    ingest.media_addr = format!("http://{}", args.media_addr);
     ingest.providers = args.providers.clone();
+    ingest.auth = auth.clone();
+    ingest.admin_token = Some(admin_token);
     let mut scheduler =
         mediamesh_scheduler::SchedulerConfig::new(args.scheduler_addr, database_url.clone(), nats_url.clone());
     scheduler.providers = args.providers.clone();
+    scheduler.auth = auth.clone();
     let mut media = mediamesh_media::MediaConfig::new(args.media_addr, nats_url.clone(), blob_url.clone());
+    media.auth = auth.clone();
     let mut inference = mediamesh_inference::InferenceConfig::new(
         args.inference_addr,
         database_url.clone(),
@@ -121,6 +138,7 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
         blob_url.clone(),
     );
     inference.providers = args.providers.clone();
+    inference.auth = auth;
     if args.metrics {
         let local = |port: u16| Some(SocketAddr::from(([127, 0, 0, 1], port)));
         ingest.metrics_addr = local(9101);
@@ -141,11 +159,14 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
                 "nats_url": nats_url,
                 "database_url": database_url,
                 "blob_url": blob_url,
+                "tenant": DEV_TENANT,
+                "api_key_file": data.join("api-key").display().to_string(),
+                "admin_token_file": data.join("admin-token").display().to_string(),
             })
         );
     } else {
         println!(
-            "mediamesh dev: ingest {} (MM_ADDR=http://{}), scheduler {}, media {}, inference {}\n  nats {}  postgres {}  blobs {}\n  Ctrl-C to stop",
+            "mediamesh dev: ingest {} (MM_ADDR=http://{}), scheduler {}, media {}, inference {}\n  nats {}  postgres {}  blobs {}\n  tenant \"dev\": API key in {} (meshctl reads it), admin token in {}\n  Ctrl-C to stop",
             args.ingest_addr,
             args.ingest_addr,
             args.scheduler_addr,
@@ -153,7 +174,9 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
             args.inference_addr,
             nats_url,
             database_url,
-            blob_url
+            blob_url,
+            data.join("api-key").display(),
+            data.join("admin-token").display()
         );
     }
     let result = {
@@ -214,4 +237,41 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
     result?;
     tracing::info!("mesh stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The tenant `meshctl dev` creates a key for.
+const DEV_TENANT: &str = "dev";
+const DEV_KEY_NAME: &str = "meshctl dev";
+
+/// A new key for the dev tenant; the keys earlier runs made are revoked.
+async fn dev_key(database_url: &str) -> Result<String> {
+    let store = mediamesh_store::Store::connect_lazy(database_url, 2)?;
+    store.migrate_when_ready(std::time::Duration::from_secs(60)).await?;
+    for old in store.list_api_keys(Some(DEV_TENANT), false).await? {
+        if old.name == DEV_KEY_NAME {
+            store.revoke_api_key(Some(old.id), "").await?;
+        }
+    }
+    let secret = mediamesh_server::auth::random_secret("mm_");
+    let prefix: String = secret.chars().take(11).collect();
+    store
+        .create_api_key(DEV_TENANT, DEV_KEY_NAME, &prefix, &mediamesh_ingest::key_hash(&secret))
+        .await?;
+    store.close().await;
+    Ok(secret)
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(secret.as_bytes())?;
+    Ok(())
 }

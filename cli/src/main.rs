@@ -16,6 +16,15 @@ pub struct Cli {
     /// The mesh's public gRPC address (ingest)
     #[arg(long, global = true, env = "MM_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// API key of the tenant to act for (else the file in MM_API_KEY_FILE, else .mediamesh/api-key, written by `meshctl dev`)
+    #[arg(long, global = true, env = "MM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// File holding the API key
+    #[arg(long, global = true, env = "MM_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Admin token for `keys` and `quotas` (else .mediamesh/admin-token, written by `meshctl dev`)
+    #[arg(long, global = true, env = "MM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Output: text for people, json for programs (one document per command)
     #[arg(short = 'o', long, global = true, default_value = "text")]
     pub output: Output,
@@ -81,7 +90,7 @@ pub enum Command {
     },
     /// Show a job with its attempts and result
     Get { job_id: String },
-    /// List jobs
+    /// List jobs, oldest first
     List {
         #[arg(long, default_value = "")]
         media: String,
@@ -90,11 +99,48 @@ pub enum Command {
         state: Option<String>,
         #[arg(long, default_value = "")]
         kind: String,
+        /// Jobs created since: a time (RFC 3339) or an age (90s, 15m, 2h, 7d)
+        #[arg(long)]
+        since: Option<String>,
+        /// Jobs created before: a time (RFC 3339) or an age
+        #[arg(long)]
+        until: Option<String>,
+        /// Jobs per page (1..=1000)
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Continue after this page token (printed with the previous page)
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow the page tokens to the end
+        #[arg(long)]
+        all: bool,
     },
-    /// Follow a job's state changes and progress until it ends
-    Watch { job_id: String },
+    /// Follow a job until it ends; with no id, a live table of all the tenant's jobs
+    Watch {
+        job_id: Option<String>,
+        /// With no id: only jobs of this kind
+        #[arg(long, default_value = "")]
+        kind: String,
+        /// With no id: only changes into this state
+        #[arg(long)]
+        state: Option<String>,
+        /// With no id: only jobs on this media
+        #[arg(long, default_value = "")]
+        media: String,
+        /// With no id: resume after this cursor (printed with each change in JSON output)
+        #[arg(long, default_value = "")]
+        cursor: String,
+    },
+    /// Create, list and revoke API keys (needs the admin token)
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Show or change a tenant's quotas (needs the admin token)
+    Quotas {
+        #[command(subcommand)]
+        command: QuotasCommand,
+    },
     /// Cancel a job
     Cancel { job_id: String },
     /// Run a failed or cancelled job again, or with --failed / --cancelled every one that
@@ -145,6 +191,56 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key for a tenant (created when new); prints the key once
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// A label for people
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys (never their secrets)
+    List {
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// Include revoked keys
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a key by id or prefix: calls with it fail at once
+    Revoke { key: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuotasCommand {
+    /// The tenant's effective quotas, its overrides and its usage
+    Get { tenant: String },
+    /// Set some of the tenant's quotas (0: no limit); --reset NAME puts one back to the default
+    Set {
+        tenant: String,
+        #[arg(long)]
+        jobs_per_hour: Option<u64>,
+        #[arg(long)]
+        jobs_per_day: Option<u64>,
+        #[arg(long)]
+        upload_bytes: Option<u64>,
+        #[arg(long)]
+        payload_bytes: Option<u64>,
+        #[arg(long)]
+        stored_bytes: Option<u64>,
+        #[arg(long)]
+        running_jobs: Option<u64>,
+        #[arg(long)]
+        submits_per_second: Option<f64>,
+        #[arg(long)]
+        submit_burst: Option<u64>,
+        #[arg(long)]
+        reset: Vec<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -159,7 +255,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(*args, output).await,
             Command::Health { wait } => commands::health(&cli.addr, output, wait).await,
-            command => commands::run(&cli.addr, output, command).await,
+            Command::Keys { command } => commands::keys(&cli.addr, output, cli.admin_token, command).await,
+            Command::Quotas { command } => commands::quotas(&cli.addr, output, cli.admin_token, command).await,
+            command => {
+                let key = commands::api_key(cli.api_key, cli.api_key_file)?;
+                commands::run(&cli.addr, output, key, command).await
+            }
         }
     });
     match result {

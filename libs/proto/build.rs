@@ -11,6 +11,7 @@ const FILES: &[&str] = &[
     "mediamesh/v1/internal.proto",
     "mediamesh/v1/media.proto",
     "mediamesh/v1/inference.proto",
+    "mediamesh/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -60,6 +60,17 @@ fn dev_overlay() {
     for (service, _, _) in SERVICES {
         let deployment = find(&docs, "Deployment", service);
         assert_eq!(deployment["spec"]["replicas"], 1, "{service}: one replica in dev");
+        // dev generates the internal token the services share.
+        let internal = arr(&deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"])
+            .iter()
+            .filter_map(|e| e["secretRef"]["name"].as_str())
+            .find(|n| n.starts_with("mediamesh-internal"))
+            .unwrap_or_else(|| panic!("{service}: no internal token"))
+            .to_owned();
+        assert!(
+            !find(&docs, "Secret", &internal)["data"]["MM_INTERNAL_TOKEN"].is_null(),
+            "{service}: dev makes {internal}"
+        );
         // The blob store is a folder on a shared volume.
         let mounts = &deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
         let blobs = arr(mounts)
@@ -613,7 +624,7 @@ fn config_problems(docs: &[Value], problems: &mut Vec<String>) {
         problems.push("ConfigMap: MM_LOG_FORMAT is not json".to_owned());
     }
     // Addresses point at Services of the manifests, on ports they serve.
-    for key in ["MM_NATS_URL", "MM_SCHEDULER_ADDR", "MM_INFERENCE_ADDR"] {
+    for key in ["MM_NATS_URL", "MM_SCHEDULER_ADDR", "MM_INFERENCE_ADDR", "MM_MEDIA_ADDR"] {
         let Some(url) = data.get(key).and_then(Value::as_str) else {
             problems.push(format!("ConfigMap: no {key}"));
             continue;
@@ -639,6 +650,26 @@ fn config_problems(docs: &[Value], problems: &mut Vec<String>) {
                 problems.push(format!(
                     "Secret {}: holds {key}: keys are created out of band",
                     name_of(secret)
+                ));
+            }
+        }
+    }
+    // Every service reads the internal token (required: a pod without it must not start).
+    for workload in docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" && ["ingest", "scheduler", "media", "inference"].contains(&name_of(d)))
+    {
+        for container in arr(&workload["spec"]["template"]["spec"]["containers"]) {
+            let reads = arr(&container["envFrom"]).iter().any(|e| {
+                e["secretRef"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("mediamesh-internal"))
+                    && e["secretRef"]["optional"] != true
+            });
+            if !reads {
+                problems.push(format!(
+                    "{}: does not read the Secret mediamesh-internal",
+                    name_of(workload)
                 ));
             }
         }

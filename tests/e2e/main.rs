@@ -15,6 +15,7 @@ mod photos;
 mod restart;
 mod semantics;
 mod surface;
+mod tenancy;
 mod traces;
 
 use std::time::Duration;

@@ -57,9 +57,21 @@ async fn health_reflection_and_declared_inference() {
         );
     }
 
-    let mut inference = mediamesh_proto::v1::inference_service_client::InferenceServiceClient::new(
+    // The services behind ingest take only calls that carry the internal token.
+    let mut direct = mediamesh_proto::v1::inference_service_client::InferenceServiceClient::new(
         mesh.channel(Service::Inference).unwrap(),
     );
+    let status = direct
+        .transcribe(pb::TranscribeRequest {
+            media_id: String::new(),
+            language: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert_eq!(code_of(&status), ErrorCode::Unauthenticated);
+
+    let mut inference = mesh.inference();
     let status = inference
         .transcribe(pb::TranscribeRequest {
             media_id: String::new(),

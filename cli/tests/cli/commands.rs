@@ -10,10 +10,17 @@ struct Ctl {
 
 impl Ctl {
     async fn run(&self, args: &[&str]) -> (i32, Value) {
+        self.run_env(args, &[]).await
+    }
+
+    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, Value) {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
             .args(args)
             .args(["-o", "json"])
             .env("MM_ADDR", &self.addr)
+            .env_remove("MM_API_KEY")
+            .env_remove("MM_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .output()
             .await
             .unwrap();
@@ -300,5 +307,122 @@ async fn retry_failed_by_filter_cancel_and_stats_from_the_command_line() {
     assert_eq!(code, 0);
     assert!(text.contains("OK/MIN") && text.contains("test.sleep"), "{text}");
     assert!(text.contains("AI spend: today $0.0000"), "{text}");
+    mesh.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_quotas_lists_and_the_live_feed_from_the_command_line() {
+    use tokio::io::AsyncBufReadExt;
+
+    let mesh = Mesh::start_with(|c| c.ingest.auth.auth = mediamesh_server::auth::AuthMode::On)
+        .await
+        .unwrap();
+    let ctl = Ctl {
+        addr: format!("http://{}", mesh.addr(Service::Ingest)),
+    };
+    let admin_token = mesh.configs.ingest.admin_token.as_ref().unwrap().expose().to_owned();
+    let admin = [("MM_ADMIN_TOKEN", admin_token.as_str())];
+
+    // Keys: the admin token is needed; the key is printed once, as a field.
+    let (code, refused) = ctl.run(&["keys", "list"]).await;
+    assert_eq!(code, 1, "{refused}");
+    let (code, created) = ctl
+        .run_env(&["keys", "create", "--tenant", "cli-t", "--name", "laptop"], &admin)
+        .await;
+    assert_eq!(code, 0, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(created["prefix"].as_str().unwrap()), "{created}");
+    let with_key = [("MM_API_KEY", key.as_str())];
+
+    // Without a key: UNAUTHENTICATED; with it, the job is the key's tenant's.
+    let submit = ["submit", "--kind", "test.sleep", "--payload", r#"{"ms": 0}"#];
+    let (code, out) = ctl.run(&submit).await;
+    assert_eq!(
+        (code, out["error"]["code"].as_str()),
+        (1, Some("UNAUTHENTICATED")),
+        "{out}"
+    );
+    let (code, out) = ctl.run_env(&submit, &with_key).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["job"]["tenant"], "cli-t");
+    let job_id = out["job"]["id"].as_str().unwrap().to_owned();
+
+    // The live feed of the tenant's jobs: each change a JSON line with its cursor.
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["watch", "--state", "SUCCEEDED", "-o", "json"])
+        .env("MM_ADDR", &ctl.addr)
+        .env("MM_API_KEY", &key)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    // A job that works for 3 s ends well after the feed has started.
+    let (_, out) = ctl
+        .run_env(
+            &["submit", "--kind", "test.sleep", "--payload", r#"{"ms": 3000}"#],
+            &with_key,
+        )
+        .await;
+    let second = out["job"]["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let change: Value = serde_json::from_str(&line).unwrap();
+        if change["job_id"] == second.as_str() && change["state"] == "SUCCEEDED" {
+            assert!(!change["cursor"].as_str().unwrap().is_empty());
+            break;
+        }
+    }
+    watch.kill().await.unwrap();
+
+    // Lists with a time range, every page.
+    let (code, out) = ctl
+        .run_env(&["list", "--since", "1h", "--all", "--limit", "1"], &with_key)
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let ids: Vec<&str> = out["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![job_id.as_str(), second.as_str()]);
+    let (_, out) = ctl.run_env(&["list", "--until", "1h"], &with_key).await;
+    assert!(out["jobs"].as_array().unwrap().is_empty(), "{out}");
+
+    // Quotas: set one, see it, be refused by it.
+    let (code, out) = ctl
+        .run_env(&["quotas", "set", "cli-t", "--payload-bytes", "5"], &admin)
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = ctl.run_env(&["quotas", "get", "cli-t"], &admin).await;
+    assert_eq!(out["overrides"]["payload_bytes"], 5, "{out}");
+    assert_eq!(out["usage"]["jobs_last_hour"], 2, "{out}");
+    let (code, out) = ctl.run_env(&submit, &with_key).await;
+    assert_eq!(
+        (code, out["error"]["code"].as_str()),
+        (1, Some("QUOTA_EXCEEDED")),
+        "{out}"
+    );
+
+    // Revoked: refused at once.
+    let (code, out) = ctl.run_env(&["keys", "list", "--tenant", "cli-t"], &admin).await;
+    assert_eq!((code, out["keys"].as_array().unwrap().len()), (0, 1), "{out}");
+    let (code, out) = ctl
+        .run_env(&["keys", "revoke", created["prefix"].as_str().unwrap()], &admin)
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out["revoked_at"].is_null(), "{out}");
+    let (code, out) = ctl.run_env(&["get", &job_id], &with_key).await;
+    assert_eq!(
+        (code, out["error"]["code"].as_str()),
+        (1, Some("UNAUTHENTICATED")),
+        "{out}"
+    );
     mesh.shutdown().await.unwrap();
 }

@@ -250,6 +250,14 @@ impl Bus {
             .map_err(|e| Error::Publish(e.to_string()))
     }
 
+    /// Every job's updates (`mm.updates.*`), for the latest progress and the tenant feeds.
+    pub async fn subscribe_all_updates(&self) -> Result<async_nats::Subscriber> {
+        self.client
+            .subscribe("mm.updates.*")
+            .await
+            .map_err(|e| Error::JetStream(e.to_string()))
+    }
+
     pub async fn subscribe_updates(&self, job_id: Uuid) -> Result<async_nats::Subscriber> {
         self.client
             .subscribe(format!("mm.updates.{job_id}"))

@@ -21,10 +21,12 @@ pub enum ErrorCode {
     Unavailable,
     Internal,
     DependencyFailed,
+    QuotaExceeded,
+    Unauthenticated,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::BadInput,
         Self::Unsupported,
         Self::TooLarge,
@@ -38,6 +40,8 @@ impl ErrorCode {
         Self::Unavailable,
         Self::Internal,
         Self::DependencyFailed,
+        Self::QuotaExceeded,
+        Self::Unauthenticated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +59,8 @@ impl ErrorCode {
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
             Self::DependencyFailed => "DEPENDENCY_FAILED",
+            Self::QuotaExceeded => "QUOTA_EXCEEDED",
+            Self::Unauthenticated => "UNAUTHENTICATED",
         }
     }
 
@@ -77,7 +83,9 @@ impl ErrorCode {
             | Self::NotFound
             | Self::BudgetExceeded
             | Self::Cancelled
-            | Self::DependencyFailed => false,
+            | Self::DependencyFailed
+            | Self::QuotaExceeded
+            | Self::Unauthenticated => false,
         }
     }
 
@@ -96,6 +104,8 @@ impl ErrorCode {
             Self::Unavailable => tonic::Code::Unavailable,
             Self::Internal => tonic::Code::Internal,
             Self::DependencyFailed => tonic::Code::FailedPrecondition,
+            Self::QuotaExceeded => tonic::Code::ResourceExhausted,
+            Self::Unauthenticated => tonic::Code::Unauthenticated,
         }
     }
 
@@ -114,6 +124,8 @@ impl ErrorCode {
             Self::Unavailable => pb::ErrorCode::Unavailable,
             Self::Internal => pb::ErrorCode::Internal,
             Self::DependencyFailed => pb::ErrorCode::DependencyFailed,
+            Self::QuotaExceeded => pb::ErrorCode::QuotaExceeded,
+            Self::Unauthenticated => pb::ErrorCode::Unauthenticated,
         }
     }
 
@@ -137,6 +149,7 @@ impl ErrorCode {
             tonic::Code::ResourceExhausted => Self::RateLimited,
             tonic::Code::Cancelled => Self::Cancelled,
             tonic::Code::Unavailable => Self::Unavailable,
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Self::Unauthenticated,
             _ => Self::Internal,
         }
     }
@@ -155,6 +168,8 @@ impl fmt::Display for ErrorCode {
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds after which the same call may succeed (sent as `retry-after`).
+    pub retry_after: Option<u64>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -164,7 +179,14 @@ impl Error {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the caller to wait `secs` (at least 1) before trying again.
+    pub fn retry_after(mut self, secs: f64) -> Self {
+        self.retry_after = Some(secs.ceil().max(1.0) as u64);
+        self
     }
 
     pub fn bad_input(message: impl Into<String>) -> Self {
@@ -188,6 +210,7 @@ impl Error {
         Self {
             code: self.code,
             message: format!("{at}: {}", self.message),
+            retry_after: self.retry_after,
         }
     }
 
@@ -210,8 +233,9 @@ impl From<Error> for tonic::Status {
         if let Ok(value) = err.code.as_str().parse() {
             status.metadata_mut().insert(ERROR_CODE_METADATA, value);
         }
-        if err.code == ErrorCode::RateLimited
-            && let Ok(value) = "1".parse()
+        let retry_after = err.retry_after.or((err.code == ErrorCode::RateLimited).then_some(1));
+        if let Some(secs) = retry_after
+            && let Ok(value) = secs.to_string().parse()
         {
             status.metadata_mut().insert("retry-after", value);
         }
@@ -221,7 +245,13 @@ impl From<Error> for tonic::Status {
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
-        Self::new(ErrorCode::from_status(&status), status.message().to_owned())
+        let mut err = Self::new(ErrorCode::from_status(&status), status.message().to_owned());
+        err.retry_after = status
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        err
     }
 }
 
@@ -244,6 +274,8 @@ impl TryFrom<pb::ErrorCode> for ErrorCode {
             pb::ErrorCode::Unavailable => Self::Unavailable,
             pb::ErrorCode::Internal => Self::Internal,
             pb::ErrorCode::DependencyFailed => Self::DependencyFailed,
+            pb::ErrorCode::QuotaExceeded => Self::QuotaExceeded,
+            pb::ErrorCode::Unauthenticated => Self::Unauthenticated,
         })
     }
 }

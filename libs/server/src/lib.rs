@@ -1,6 +1,7 @@
 //! What every mediamesh service does the same way: common flags, the health reporter driven
 //! by dependency checks, server reflection, and shutdown on SIGTERM / Ctrl-C.
 
+pub mod auth;
 pub mod metrics;
 
 use std::future::Future;

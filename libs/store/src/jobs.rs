@@ -73,6 +73,68 @@ pub struct NewJob {
     pub traceparent: Option<String>,
 }
 
+/// A state change in the feed of all of a tenant's jobs, with its place in commit order.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct FeedEvent {
+    /// The writing transaction's id: the feed's order is (xid, seq).
+    pub xid: i64,
+    pub seq: i64,
+    pub job_id: Uuid,
+    pub state: String,
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+}
+
+/// Which of a tenant's job changes a feed carries.
+#[derive(Clone, Debug, Default)]
+pub struct FeedFilter {
+    pub tenant: String,
+    pub kind: Option<String>,
+    pub state: Option<JobState>,
+    pub media_id: Option<Uuid>,
+}
+
+/// A tenant's job quotas as the scheduler enforces them (0: no limit).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JobQuota {
+    pub jobs_per_hour: u64,
+    pub jobs_per_day: u64,
+    pub running_jobs: u64,
+}
+
+/// A job quota that refused a submit.
+#[derive(Clone, Debug)]
+pub struct QuotaHit {
+    /// `jobs_per_hour` or `jobs_per_day`.
+    pub quota: &'static str,
+    pub limit: i64,
+    /// Jobs already in the window.
+    pub used: i64,
+    /// When enough jobs will have left the window for this submit to fit.
+    pub retry_after_secs: f64,
+}
+
+/// Records the tenant's running-jobs limit for the dispatcher (a row only while one is set).
+async fn sync_running_limit(tx: &mut sqlx::PgConnection, tenant: &str, running_jobs: u64) -> Result<()> {
+    if running_jobs == 0 {
+        sqlx::query("DELETE FROM scheduler.tenant_limits WHERE tenant = $1")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+    } else {
+        sqlx::query(
+            "INSERT INTO scheduler.tenant_limits (tenant, running_jobs) VALUES ($1, $2) \
+             ON CONFLICT (tenant) DO UPDATE SET running_jobs = EXCLUDED.running_jobs, updated_at = now() \
+             WHERE scheduler.tenant_limits.running_jobs <> EXCLUDED.running_jobs",
+        )
+        .bind(tenant)
+        .bind(i32::try_from(running_jobs).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// A job claimed for dispatch: its new attempt has been committed, the message is still to send.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct DueJob {
@@ -167,6 +229,8 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
     pub after: Option<Uuid>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
     pub limit: i64,
 }
 
@@ -207,7 +271,34 @@ impl Store {
     /// Commits the jobs in one transaction. A job whose idempotency key the tenant used before
     /// is not inserted: the earlier job is returned with `false`.
     pub async fn create_jobs(&self, jobs: &[NewJob]) -> Result<Vec<(JobRow, bool)>> {
+        // Without quotas nothing can be refused.
+        Ok(self.create_jobs_within(jobs, None).await?.unwrap_or_default())
+    }
+
+    /// [`Store::create_jobs`] within the tenant's job quotas: when the new jobs would take the
+    /// tenant over its jobs per hour or per day, nothing is committed and the quota hit is
+    /// returned. The tenant's submits serialize on an advisory lock while quotas are set. The
+    /// tenant's running-jobs limit is recorded for the dispatcher.
+    pub async fn create_jobs_within(
+        &self,
+        jobs: &[NewJob],
+        quota: Option<JobQuota>,
+    ) -> Result<std::result::Result<Vec<(JobRow, bool)>, QuotaHit>> {
+        let Some(tenant) = jobs.first().map(|j| j.tenant.clone()) else {
+            return Ok(Ok(Vec::new()));
+        };
         let mut tx = self.pool().begin().await?;
+        let counted = quota.is_some_and(|q| q.jobs_per_hour > 0 || q.jobs_per_day > 0);
+        if counted {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mediamesh.jobs.' || $1))")
+                .bind(&tenant)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(quota) = quota {
+            sync_running_limit(&mut tx, &tenant, quota.running_jobs).await?;
+        }
+        let quota = quota.unwrap_or_default();
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
             let inserted: Option<JobRow> = sqlx::query_as(
@@ -255,8 +346,42 @@ impl Store {
                 }
             }
         }
+        if counted && out.iter().any(|(_, new)| *new) {
+            for (name, limit, window) in [
+                ("jobs_per_hour", quota.jobs_per_hour, 3600.0),
+                ("jobs_per_day", quota.jobs_per_day, 86_400.0),
+            ] {
+                if limit == 0 {
+                    continue;
+                }
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                // The jobs of the window, this transaction's included; when over, how long
+                // until enough of the oldest leave it.
+                let (count, retry_after): (i64, Option<f64>) = sqlx::query_as(
+                    "WITH w AS (SELECT created_at FROM scheduler.jobs WHERE tenant = $1 \
+                       AND created_at > now() - make_interval(secs => $2)) \
+                     SELECT (SELECT count(*) FROM w), \
+                       (SELECT extract(epoch FROM created_at + make_interval(secs => $2) - now())::float8 \
+                        FROM w ORDER BY created_at OFFSET greatest((SELECT count(*) FROM w) - $3 - 1, 0) LIMIT 1)",
+                )
+                .bind(&tenant)
+                .bind(window)
+                .bind(limit)
+                .fetch_one(&mut *tx)
+                .await?;
+                if count > limit {
+                    tx.rollback().await?;
+                    return Ok(Err(QuotaHit {
+                        quota: name,
+                        limit,
+                        used: count - out.iter().filter(|(_, new)| *new).count() as i64,
+                        retry_after_secs: retry_after.unwrap_or(window).max(1.0),
+                    }));
+                }
+            }
+        }
         tx.commit().await?;
-        Ok(out)
+        Ok(Ok(out))
     }
 
     /// The dependencies of the given jobs, as (job id, dependency id) pairs.
@@ -291,6 +416,20 @@ impl Store {
         )
     }
 
+    /// The tenant's jobs among `ids`.
+    pub async fn jobs_by_id(&self, tenant: &str, ids: &[Uuid]) -> Result<Vec<JobRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(
+            sqlx::query_as("SELECT * FROM scheduler.jobs WHERE tenant = $1 AND id = ANY($2)")
+                .bind(tenant)
+                .bind(ids)
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRow>> {
         Ok(sqlx::query_as(
             "SELECT * FROM scheduler.jobs WHERE tenant = $1 \
@@ -298,6 +437,8 @@ impl Store {
              AND ($3::text IS NULL OR state = $3) \
              AND ($4::text IS NULL OR kind = $4) \
              AND ($5::uuid IS NULL OR id > $5) \
+             AND ($7::timestamptz IS NULL OR created_at >= $7) \
+             AND ($8::timestamptz IS NULL OR created_at < $8) \
              ORDER BY id LIMIT $6",
         )
         .bind(&filter.tenant)
@@ -306,6 +447,43 @@ impl Store {
         .bind(filter.kind.as_deref())
         .bind(filter.after)
         .bind(filter.limit)
+        .bind(filter.created_after)
+        .bind(filter.created_before)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Where a feed that starts now begins: below the oldest transaction still running,
+    /// everything has been committed (or never will be).
+    pub async fn feed_start(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
+    /// The tenant's job changes after (xid, seq), in commit order, that no transaction still
+    /// running can precede: a change committed later always sorts after what this returned.
+    pub async fn feed(&self, filter: &FeedFilter, after: (i64, i64), limit: i64) -> Result<Vec<FeedEvent>> {
+        Ok(sqlx::query_as(
+            "SELECT e.xid::text::bigint AS xid, e.seq, e.job_id, e.state, e.attempt, e.at \
+             FROM scheduler.job_events e JOIN scheduler.jobs j ON j.id = e.job_id \
+             WHERE (e.xid, e.seq) > ($2::text::xid8, $3) \
+               AND e.xid < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND j.tenant = $1 \
+               AND ($4::text IS NULL OR j.kind = $4) \
+               AND ($5::text IS NULL OR e.state = $5) \
+               AND ($6::uuid IS NULL OR j.media_id = $6) \
+             ORDER BY e.xid, e.seq LIMIT $7",
+        )
+        .bind(&filter.tenant)
+        .bind(after.0.to_string())
+        .bind(after.1)
+        .bind(filter.kind.as_deref())
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.media_id)
+        .bind(limit)
         .fetch_all(self.pool())
         .await?)
     }
@@ -370,6 +548,11 @@ impl Store {
                SELECT tenant, count(*) AS n FROM scheduler.jobs \
                WHERE queue = $1 AND state IN ('QUEUED', 'RUNNING') AND dispatched_at IS NOT NULL \
                GROUP BY tenant), \
+             tenant_room AS ( \
+               SELECT t.tenant, t.running_jobs - ( \
+                 SELECT count(*) FROM scheduler.jobs j WHERE j.tenant = t.tenant \
+                   AND j.state IN ('QUEUED', 'RUNNING') AND j.dispatched_at IS NOT NULL) AS room \
+               FROM scheduler.tenant_limits t), \
              due AS ( \
                SELECT id, tenant, run_at, \
                  priority + floor(extract(epoch FROM now() - run_at) / $4) AS effective \
@@ -382,7 +565,8 @@ impl Store {
                FROM due), \
              picked AS ( \
                SELECT r.id FROM ranked r LEFT JOIN load l ON l.tenant = r.tenant \
-               WHERE r.turn <= $3 - coalesce(l.n, 0) \
+                 LEFT JOIN tenant_room t ON t.tenant = r.tenant \
+               WHERE r.turn <= $3 - coalesce(l.n, 0) AND r.turn <= coalesce(t.room, r.turn) \
                ORDER BY r.turn, r.effective DESC, r.run_at, r.id LIMIT $2) \
              UPDATE scheduler.jobs j SET attempt = j.attempt + 1, state = 'QUEUED', \
                dispatched_at = now(), dispatch_seq = NULL, updated_at = now() \

@@ -2,15 +2,18 @@
 //! service (`media` for ingest, `jobs` for the scheduler, `ai` for inference).
 
 mod ai;
+mod auth;
 mod jobs;
 mod media;
 
 use std::time::Duration;
 
 pub use ai::{AiCall, BudgetRow, SpendRow};
+pub use auth::{ApiKeyRow, TenantUsageRow};
 pub use jobs::{
-    AttemptRow, AttemptRun, ChildResult, CompletedTransition, DispatchLimits, DueJob, JobEventRow, JobFilter, JobRow,
-    NewJob, Pruned, QueueCounts, QueueRates, RetentionPolicy, RetryFilter,
+    AttemptRow, AttemptRun, ChildResult, CompletedTransition, DispatchLimits, DueJob, FeedEvent, FeedFilter,
+    JobEventRow, JobFilter, JobQuota, JobRow, NewJob, Pruned, QueueCounts, QueueRates, QuotaHit, RetentionPolicy,
+    RetryFilter,
 };
 pub use media::{MediaRow, NewMedia};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

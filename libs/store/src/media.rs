@@ -62,30 +62,33 @@ impl MediaRow {
     }
 }
 
+/// Inserts the media unless the tenant has the same bytes (then no row comes back).
+fn insert_query(media: &NewMedia) -> sqlx::query::QueryAs<'_, sqlx::Postgres, MediaRow, sqlx::postgres::PgArguments> {
+    sqlx::query_as(
+        "INSERT INTO ingest.media \
+         (id, tenant, filename, content_type, kind, bytes, sha256, width, height, blob_key, parent_id, origin) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (tenant, sha256) DO NOTHING RETURNING *",
+    )
+    .bind(media.id)
+    .bind(&media.tenant)
+    .bind(&media.filename)
+    .bind(&media.content_type)
+    .bind(&media.kind)
+    .bind(media.bytes)
+    .bind(&media.sha256)
+    .bind(media.width)
+    .bind(media.height)
+    .bind(&media.blob_key)
+    .bind(media.parent_id)
+    .bind(&media.origin)
+}
+
 impl Store {
     /// Inserts the media unless the tenant already has the same bytes; returns the row and
     /// whether it is new.
     pub async fn insert_media(&self, media: &NewMedia) -> Result<(MediaRow, bool)> {
-        let inserted: Option<MediaRow> = sqlx::query_as(
-            "INSERT INTO ingest.media \
-             (id, tenant, filename, content_type, kind, bytes, sha256, width, height, blob_key, parent_id, origin) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (tenant, sha256) DO NOTHING RETURNING *",
-        )
-        .bind(media.id)
-        .bind(&media.tenant)
-        .bind(&media.filename)
-        .bind(&media.content_type)
-        .bind(&media.kind)
-        .bind(media.bytes)
-        .bind(&media.sha256)
-        .bind(media.width)
-        .bind(media.height)
-        .bind(&media.blob_key)
-        .bind(media.parent_id)
-        .bind(&media.origin)
-        .fetch_optional(self.pool())
-        .await?;
+        let inserted = insert_query(media).fetch_optional(self.pool()).await?;
         if let Some(row) = inserted {
             return Ok((row, true));
         }
@@ -94,6 +97,63 @@ impl Store {
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;
         Ok((existing, false))
+    }
+
+    /// [`Store::insert_media`] for a tenant that may keep at most `max_stored` bytes of
+    /// originals (0: no limit). Uploads of one tenant serialize on an advisory lock here, so
+    /// two at once cannot both squeeze under the limit. `Err(stored)` when the media would not
+    /// fit: the bytes the tenant stores now.
+    pub async fn insert_media_within(
+        &self,
+        media: &NewMedia,
+        max_stored: i64,
+    ) -> Result<std::result::Result<(MediaRow, bool), i64>> {
+        if max_stored <= 0 {
+            return self.insert_media(media).await.map(Ok);
+        }
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mediamesh.stored.' || $1))")
+            .bind(&media.tenant)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(existing) =
+            sqlx::query_as::<_, MediaRow>("SELECT * FROM ingest.media WHERE tenant = $1 AND sha256 = $2")
+                .bind(&media.tenant)
+                .bind(&media.sha256)
+                .fetch_optional(&mut *tx)
+                .await?
+        {
+            return Ok(Ok((existing, false)));
+        }
+        let stored: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(bytes), 0)::bigint FROM ingest.media WHERE tenant = $1")
+                .bind(&media.tenant)
+                .fetch_one(&mut *tx)
+                .await?;
+        if stored.saturating_add(media.bytes) > max_stored {
+            return Ok(Err(stored));
+        }
+        let Some(row) = insert_query(media).fetch_optional(&mut *tx).await? else {
+            // Inserted meanwhile without the lock (a model's output): same bytes, same media.
+            tx.rollback().await?;
+            let existing = self
+                .media_by_sha256(&media.tenant, &media.sha256)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            return Ok(Ok((existing, false)));
+        };
+        tx.commit().await?;
+        Ok(Ok((row, true)))
+    }
+
+    /// Bytes of originals the tenant stores.
+    pub async fn stored_bytes(&self, tenant: &str) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT coalesce(sum(bytes), 0)::bigint FROM ingest.media WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_one(self.pool())
+                .await?,
+        )
     }
 
     pub async fn media_by_sha256(&self, tenant: &str, sha256: &str) -> Result<Option<MediaRow>> {

@@ -10,10 +10,12 @@ use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
 pub use mediamesh_localsvc::{NatsOptions, NatsServer, PgOptions, Postgres, free_port};
 use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::admin_service_client::AdminServiceClient;
 use mediamesh_proto::v1::inference_service_client::InferenceServiceClient;
 use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
 use mediamesh_proto::v1::media_service_client::MediaServiceClient;
+use mediamesh_server::auth::{AuthedChannel, Credentials};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -144,6 +146,19 @@ impl Mesh {
             inference: InferenceConfig::new(inference_addr, database_url, nats.url(), blob_url.clone()),
         };
         configs.ingest.inference_addr = format!("http://{inference_addr}");
+        configs.ingest.media_addr = format!("http://{}", configs.media.listen_addr);
+        // The services check each other's internal token; the public API trusts mm-tenant
+        // unless a test turns API keys on (`configs.ingest.auth.auth = AuthMode::On`), when
+        // it also gets an admin token.
+        let auth = mediamesh_server::auth::AuthArgs {
+            auth: mediamesh_server::auth::AuthMode::Off,
+            internal_token: Some(mediamesh_server::auth::Token::generate()),
+        };
+        configs.ingest.auth = auth.clone();
+        configs.scheduler.auth = auth.clone();
+        configs.media.auth = auth.clone();
+        configs.inference.auth = auth;
+        configs.ingest.admin_token = Some(mediamesh_server::auth::Token::generate());
         configs.ingest.metrics_addr = Some(addr()?);
         configs.scheduler.metrics_addr = Some(addr()?);
         configs.media.metrics_addr = Some(addr()?);
@@ -272,11 +287,33 @@ impl Mesh {
         InferenceServiceClient::new(self.channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
     }
 
+    /// `MediaService` through ingest (the public address).
     pub fn media(&self) -> MediaServiceClient<Channel> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.configs.media.listen_addr))
-            .map(|e| e.connect_lazy())
-            .unwrap_or_else(|_| self.channel.clone());
-        MediaServiceClient::new(channel)
+        MediaServiceClient::new(self.channel.clone())
+    }
+
+    /// `AdminService` with the admin token.
+    pub fn admin(&self) -> AdminServiceClient<AuthedChannel> {
+        let token = self.configs.ingest.admin_token.as_ref().map_or("", |t| t.expose());
+        AdminServiceClient::new(Credentials::bearer(token).channel(self.channel.clone()))
+    }
+
+    /// A channel to the public API that sends `key` as the bearer token.
+    pub fn with_key(&self, key: &str) -> AuthedChannel {
+        Credentials::bearer(key).channel(self.channel.clone())
+    }
+
+    /// Creates an API key for `tenant`; returns its secret.
+    pub async fn create_key(&self, tenant: &str) -> Result<String> {
+        Ok(self
+            .admin()
+            .create_api_key(pb::CreateApiKeyRequest {
+                tenant: tenant.to_owned(),
+                name: "test".to_owned(),
+            })
+            .await?
+            .into_inner()
+            .secret)
     }
 
     /// A direct channel to one service.

@@ -196,9 +196,14 @@ impl ProcessMesh {
         let blob_url = format!("file://{}", blob_dir.display());
         let nats_url = nats.url();
         let addr = || -> Result<String> { Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)).to_string()) };
+        // Services check each other's internal token; the public API trusts mm-tenant here
+        // (tests of API keys use the in-process mesh with MM_AUTH=on).
+        let internal_token = mediamesh_server::auth::Token::generate();
         // Each process gets its own metrics port: the fixed defaults (9101..9104) would collide.
         let common = |listen: String| -> Result<BTreeMap<String, String>> {
             Ok(BTreeMap::from([
+                ("MM_AUTH".to_owned(), "off".to_owned()),
+                ("MM_INTERNAL_TOKEN".to_owned(), internal_token.expose().to_owned()),
                 ("MM_LISTEN_ADDR".to_owned(), listen),
                 ("MM_METRICS_ADDR".to_owned(), addr()?),
                 ("MM_HEALTH_INTERVAL_MS".to_owned(), "100".to_owned()),
@@ -225,6 +230,7 @@ impl ProcessMesh {
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
         let inference_addr = addr()?;
+        let media_addrs = (0..media_workers).map(|_| addr()).collect::<Result<Vec<_>>>()?;
         let mut ingest = common(addr()?)?;
         ingest.extend(
             [
@@ -232,12 +238,16 @@ impl ProcessMesh {
                 ("MM_BLOB_URL", blob_url.as_str()),
                 ("MM_SCHEDULER_ADDR", &format!("http://{scheduler_addr}")),
                 ("MM_INFERENCE_ADDR", &format!("http://{inference_addr}")),
+                (
+                    "MM_MEDIA_ADDR",
+                    &media_addrs.first().map(|a| format!("http://{a}")).unwrap_or_default(),
+                ),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
         let mut media = Vec::with_capacity(media_workers);
-        for _ in 0..media_workers {
-            let mut env = common(addr()?)?;
+        for media_addr in media_addrs {
+            let mut env = common(media_addr)?;
             env.extend(
                 [
                     ("MM_NATS_URL", nats_url.as_str()),

@@ -131,6 +131,7 @@ pub async fn serve(config: InferenceConfig, shutdown: CancellationToken) -> Resu
     tracing::info!(addr = %config.listen_addr, concurrency = config.concurrency, "inference listening");
     let result = tonic::transport::Server::builder()
         .trace_fn(mediamesh_telemetry::grpc_server_span)
+        .layer(mediamesh_server::auth::AuthLayer::new(config.auth.internal()?))
         .add_service(health_service)
         .add_service(mediamesh_server::reflection()?)
         .add_service(InferenceServiceServer::new(api::InferenceApi::new(inference)))

@@ -11,13 +11,14 @@ use mediamesh_proto::v1 as pb;
 use mediamesh_proto::v1::ingest_service_server::IngestService;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
 use mediamesh_proto::v1::scheduler_internal_service_client::SchedulerInternalServiceClient;
+use mediamesh_server::auth::AuthedChannel;
 use mediamesh_store::{MediaRow, NewMedia, Store};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use crate::quota::{QuotaBook, Quotas, too_big};
 use crate::upload::{self, Staged};
 use crate::{IngestConfig, Pipelines};
 
@@ -45,9 +46,10 @@ pub struct IngestApi {
     metrics: Option<(mediamesh_server::metrics::Counter, mediamesh_server::metrics::Counter)>,
     store: Store,
     blob: Blob,
-    jobs: JobServiceClient<Channel>,
-    internal: SchedulerInternalServiceClient<Channel>,
+    jobs: JobServiceClient<AuthedChannel>,
+    internal: SchedulerInternalServiceClient<AuthedChannel>,
     config: IngestConfig,
+    quotas: QuotaBook,
     pipelines: Pipelines,
     /// The `inference.*` kinds some configured provider serves.
     ai_kinds: Arc<HashSet<JobKind>>,
@@ -62,12 +64,14 @@ impl IngestApi {
     pub fn new(
         store: Store,
         blob: Blob,
-        scheduler: Channel,
+        scheduler: AuthedChannel,
         config: IngestConfig,
         pipelines: Pipelines,
         ai_kinds: HashSet<JobKind>,
+        quotas: QuotaBook,
     ) -> Self {
         Self {
+            quotas,
             store,
             blob,
             jobs: JobServiceClient::new(scheduler.clone()),
@@ -99,9 +103,20 @@ impl IngestApi {
     /// Checks that each spec's media belongs to the tenant, then has the scheduler commit all
     /// the jobs in one transaction.
     async fn submit(&self, tenant: &str, specs: Vec<pb::JobSpec>) -> Result<Vec<pb::SubmitJobResponse>, Status> {
+        let quotas = self.quotas.of(tenant).await?;
+        self.quotas.take_submit(tenant, &quotas)?;
         let mut seen = std::collections::HashSet::new();
         for (i, spec) in specs.iter().enumerate() {
             mediamesh_core::JobKind::parse(&spec.kind).map_err(|e| e.context(&format!("jobs[{i}]")))?;
+            if quotas.payload_bytes > 0 && spec.payload_json.len() as u64 > quotas.payload_bytes {
+                return Err(too_big(
+                    tenant,
+                    "payload_bytes",
+                    quotas.payload_bytes,
+                    &format!("jobs[{i}]: payload_json ({} bytes)", spec.payload_json.len()),
+                )
+                .into());
+            }
             if !spec.media_id.is_empty() {
                 let media_id = parse_id("media_id", &spec.media_id).map_err(|e| e.context(&format!("jobs[{i}]")))?;
                 if seen.insert(media_id) {
@@ -117,6 +132,7 @@ impl IngestApi {
         let request = pb::CreateJobsRequest {
             tenant: tenant.to_owned(),
             jobs: specs,
+            quota: Some(quotas.job_quota()),
         };
         let created = self
             .internal
@@ -137,6 +153,41 @@ impl IngestApi {
             .collect())
     }
 
+    /// The most an upload of this tenant may be: the service's limit, the tenant's upload
+    /// quota, and what is left of its stored bytes; each with its own error.
+    async fn upload_limit(&self, tenant: &str, quotas: &Quotas) -> Result<upload::Limit, Status> {
+        let max = self.config.max_upload_bytes;
+        let mut limit = upload::Limit {
+            bytes: max,
+            error: Error::new(
+                mediamesh_core::ErrorCode::TooLarge,
+                format!("upload is over the {max} byte limit"),
+            ),
+        };
+        if quotas.upload_bytes > 0 && quotas.upload_bytes < limit.bytes {
+            limit = upload::Limit {
+                bytes: quotas.upload_bytes,
+                error: too_big(tenant, "upload_bytes", quotas.upload_bytes, "the upload"),
+            };
+        }
+        if quotas.stored_bytes > 0 {
+            let stored = u64::try_from(self.store.stored_bytes(tenant).await.map_err(Error::from)?).unwrap_or(0);
+            let left = quotas.stored_bytes.saturating_sub(stored);
+            if left < limit.bytes {
+                limit = upload::Limit {
+                    bytes: left,
+                    error: too_big(
+                        tenant,
+                        "stored_bytes",
+                        quotas.stored_bytes,
+                        &format!("the upload beside the {stored} bytes stored"),
+                    ),
+                };
+            }
+        }
+        Ok(limit)
+    }
+
     async fn media_jobs(&self, tenant: &str, media_id: Uuid) -> Result<Vec<pb::Job>, Status> {
         let request = pb::ListJobsRequest {
             media_id: media_id.to_string(),
@@ -153,7 +204,12 @@ impl IngestApi {
     }
 
     /// Validates what was staged and records it. Errors leave nothing behind.
-    async fn finish_upload(&self, tenant: &str, staged: &Staged) -> Result<pb::UploadMediaResponse, Status> {
+    async fn finish_upload(
+        &self,
+        tenant: &str,
+        staged: &Staged,
+        quotas: &Quotas,
+    ) -> Result<pb::UploadMediaResponse, Status> {
         if staged.bytes == 0 {
             return Err(Error::bad_input("upload is empty").into());
         }
@@ -163,6 +219,7 @@ impl IngestApi {
                 staged.declared_type
             ))
         })?;
+        upload::check_declared(&staged.declared_type, sniffed.content_type, sniffed.kind)?;
         let (mut kinds, mut skipped) = self.runnable(self.pipelines.kinds_for(sniffed.kind, &staged.category)?);
         let extract_schema = match (&staged.extract_schema, sniffed.kind) {
             (None, _) => None,
@@ -228,8 +285,19 @@ impl IngestApi {
             parent_id: None,
             origin: None,
         };
-        let (row, inserted) = match self.store.insert_media(&new).await {
-            Ok(result) => result,
+        let max_stored = i64::try_from(quotas.stored_bytes).unwrap_or(i64::MAX);
+        let (row, inserted) = match self.store.insert_media_within(&new, max_stored).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(stored)) => {
+                let _ = self.blob.delete(&key).await;
+                return Err(too_big(
+                    tenant,
+                    "stored_bytes",
+                    quotas.stored_bytes,
+                    &format!("storing {} more bytes beside the {stored} stored", staged.bytes),
+                )
+                .into());
+            }
             Err(err) => {
                 let _ = self.blob.delete(&key).await;
                 return Err(Error::from(err).into());
@@ -247,6 +315,7 @@ impl IngestApi {
             let request = pb::CreateJobsRequest {
                 tenant: tenant.to_owned(),
                 jobs: specs,
+                quota: Some(quotas.job_quota()),
             };
             match self.internal.clone().create_jobs(forward(tenant, request)).await {
                 Ok(response) => response.into_inner().jobs.into_iter().filter_map(|c| c.job).collect(),
@@ -260,7 +329,7 @@ impl IngestApi {
         };
         let mut jobs = jobs;
         if let Some(schema) = extract_schema {
-            match self.create_extract(tenant, media_id, &jobs, schema).await {
+            match self.create_extract(tenant, media_id, &jobs, schema, quotas).await {
                 Ok(job) => jobs.push(job),
                 Err(status) => {
                     tracing::error!(error = %status, media_id = %media_id, "creating the extract job failed");
@@ -317,6 +386,7 @@ impl IngestApi {
         media_id: Uuid,
         jobs: &[pb::Job],
         schema: serde_json::Value,
+        quotas: &Quotas,
     ) -> Result<pb::Job, Status> {
         let transcribe = jobs
             .iter()
@@ -334,6 +404,7 @@ impl IngestApi {
         let request = pb::CreateJobsRequest {
             tenant: tenant.to_owned(),
             jobs: vec![spec],
+            quota: Some(quotas.job_quota()),
         };
         self.internal
             .clone()
@@ -381,8 +452,11 @@ impl IngestService for IngestApi {
         request: Request<Streaming<pb::UploadMediaRequest>>,
     ) -> Result<Response<pb::UploadMediaResponse>, Status> {
         let tenant = tenant_of(&request);
+        let quotas = self.quotas.of(&tenant).await?;
+        self.quotas.take_submit(&tenant, &quotas)?;
+        let limit = self.upload_limit(&tenant, &quotas).await?;
         let key = format!("uploads/{}", Uuid::new_v4());
-        let staged = match upload::receive(request.into_inner(), &self.blob, key, self.config.max_upload_bytes).await {
+        let staged = match upload::receive(request.into_inner(), &self.blob, key, &limit).await {
             Ok(staged) => staged,
             Err(err) => {
                 if let Some((uploads, _)) = &self.metrics {
@@ -391,7 +465,7 @@ impl IngestService for IngestApi {
                 return Err(err.into());
             }
         };
-        let result = self.finish_upload(&tenant, &staged).await;
+        let result = self.finish_upload(&tenant, &staged, &quotas).await;
         if let Some((uploads, bytes)) = &self.metrics {
             // The sniffed kind (a client's category or content type could be anything).
             let kind = result

@@ -2,7 +2,7 @@
 //! and tail of the file for validation. Anything that goes wrong deletes the staging blob.
 
 use mediamesh_blob::Blob;
-use mediamesh_core::{Error, ErrorCode};
+use mediamesh_core::Error;
 use mediamesh_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -28,11 +28,78 @@ pub struct Staged {
     pub tail: Vec<u8>,
 }
 
+/// The most an upload may be, and the error past it.
+pub struct Limit {
+    pub bytes: u64,
+    pub error: Error,
+}
+
+/// Longest file name kept, in bytes.
+pub const MAX_FILENAME_BYTES: usize = 255;
+
+/// The name a file is recorded under: the last part of a path (a browser may send
+/// `C:\Users\me\photo.jpg`, an attacker `../../etc/passwd`), without control characters,
+/// at most 255 bytes. An empty name stays empty.
+pub fn clean_filename(name: &str) -> Result<String, Error> {
+    if name.chars().any(char::is_control) {
+        return Err(Error::bad_input("filename contains control characters"));
+    }
+    if name.len() > 4096 {
+        return Err(Error::bad_input("filename is longer than 4096 bytes"));
+    }
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("").trim();
+    if base == "." || base == ".." {
+        return Err(Error::bad_input(format!("filename {name:?} names no file")));
+    }
+    if base.len() > MAX_FILENAME_BYTES {
+        return Err(Error::bad_input(format!(
+            "filename is {} bytes; at most {MAX_FILENAME_BYTES}",
+            base.len()
+        )));
+    }
+    Ok(base.to_owned())
+}
+
+/// A declared content type must agree with what the bytes are: same family (image, audio,
+/// video; MP4 and Ogg containers hold either sound or pictures), or say nothing
+/// (`application/octet-stream`, empty).
+pub fn check_declared(declared: &str, sniffed: &str, kind: mediamesh_core::MediaKind) -> Result<(), Error> {
+    let declared = declared.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if declared.is_empty() || declared == "application/octet-stream" || declared == sniffed {
+        return Ok(());
+    }
+    let family = declared.split('/').next().unwrap_or("");
+    let containers = [
+        "video/mp4",
+        "audio/mp4",
+        "audio/x-m4a",
+        "audio/m4a",
+        "video/quicktime",
+        "audio/ogg",
+        "video/ogg",
+        "application/ogg",
+        "application/mp4",
+    ];
+    let agrees = match kind {
+        mediamesh_core::MediaKind::Image => family == "image",
+        mediamesh_core::MediaKind::Audio | mediamesh_core::MediaKind::Video => {
+            family == kind.as_str() || containers.contains(&declared.as_str())
+        }
+    };
+    if agrees {
+        Ok(())
+    } else {
+        Err(Error::bad_input(format!(
+            "declared content type {declared:?} does not match the content, which is {sniffed}"
+        )))
+    }
+}
+
 pub async fn receive(
     mut stream: Streaming<pb::UploadMediaRequest>,
     blob: &Blob,
     key: String,
-    max_bytes: u64,
+    limit: &Limit,
 ) -> Result<Staged, Error> {
     let header = match stream.message().await {
         Ok(Some(pb::UploadMediaRequest {
@@ -48,8 +115,11 @@ pub async fn receive(
         category,
         extract_schema_json,
     } = header;
-    if filename.len() > 1024 {
-        return Err(Error::bad_input("filename is longer than 1024 bytes"));
+    let filename = clean_filename(&filename)?;
+    if content_type.len() > 255 || content_type.chars().any(char::is_control) {
+        return Err(Error::bad_input(
+            "content_type: at most 255 bytes, no control characters",
+        ));
     }
     if category.len() > 64 {
         return Err(Error::bad_input("category is longer than 64 bytes"));
@@ -92,11 +162,8 @@ pub async fn receive(
                 }
             };
             bytes += chunk.len() as u64;
-            if bytes > max_bytes {
-                return Err(Error::new(
-                    ErrorCode::TooLarge,
-                    format!("upload is over the {max_bytes} byte limit"),
-                ));
+            if bytes > limit.bytes {
+                return Err(limit.error.clone());
             }
             hasher.update(&chunk);
             if head.len() < HEAD_BYTES {
@@ -138,4 +205,36 @@ pub async fn receive(
         head,
         tail,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use mediamesh_core::MediaKind;
+
+    use super::*;
+
+    #[test]
+    fn file_names_lose_their_paths_and_keep_no_control_characters() {
+        assert_eq!(clean_filename("photo.jpg").unwrap(), "photo.jpg");
+        assert_eq!(clean_filename("../../etc/passwd").unwrap(), "passwd");
+        assert_eq!(clean_filename("C:\\Users\\me\\photo.jpg").unwrap(), "photo.jpg");
+        assert_eq!(clean_filename("").unwrap(), "");
+        assert!(clean_filename("a\nb.jpg").is_err());
+        assert!(clean_filename("a\0b.jpg").is_err());
+        assert!(clean_filename("x/..").is_err());
+        assert!(clean_filename(&"a".repeat(300)).is_err());
+        assert_eq!(clean_filename(&format!("{}/b.jpg", "d".repeat(300))).unwrap(), "b.jpg");
+    }
+
+    #[test]
+    fn declared_types_must_match_the_family() {
+        assert!(check_declared("", "image/jpeg", MediaKind::Image).is_ok());
+        assert!(check_declared("image/png", "image/jpeg", MediaKind::Image).is_ok());
+        assert!(check_declared("IMAGE/JPEG; q=1", "image/jpeg", MediaKind::Image).is_ok());
+        assert!(check_declared("video/mp4", "audio/mp4", MediaKind::Audio).is_ok());
+        assert!(check_declared("application/octet-stream", "audio/mpeg", MediaKind::Audio).is_ok());
+        let err = check_declared("application/pdf", "image/jpeg", MediaKind::Image).unwrap_err();
+        assert!(err.message.contains("application/pdf"), "{}", err.message);
+        assert!(check_declared("audio/mpeg", "image/png", MediaKind::Image).is_err());
+    }
 }

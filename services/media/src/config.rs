@@ -10,6 +10,9 @@ pub struct MediaConfig {
     /// Prometheus metrics, /livez and /readyz over HTTP (empty: off)
     #[arg(long, env = "MM_METRICS_ADDR", default_value = "0.0.0.0:9103", value_parser = mediamesh_server::metrics::parse_metrics_addr)]
     pub metrics_addr: ::std::option::Option<SocketAddr>,
+    /// API keys and the internal token
+    #[command(flatten)]
+    pub auth: mediamesh_server::auth::AuthArgs,
     /// NATS URL
     #[arg(long, env = "MM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -73,6 +76,7 @@ impl MediaConfig {
         Self {
             listen_addr,
             metrics_addr: None,
+            auth: mediamesh_server::auth::AuthArgs::default(),
             nats_url,
             stream_replicas: 1,
             blob_url,

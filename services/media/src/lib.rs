@@ -111,6 +111,7 @@ pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(
     tracing::info!(addr = %config.listen_addr, concurrency = config.concurrency(), "media service listening");
     let server = tonic::transport::Server::builder()
         .trace_fn(mediamesh_telemetry::grpc_server_span)
+        .layer(mediamesh_server::auth::AuthLayer::new(config.auth.internal()?))
         .add_service(health_service)
         .add_service(mediamesh_server::reflection()?)
         .add_service(MediaServiceServer::new(api))

@@ -14,7 +14,7 @@ use mediamesh_core::{
 use mediamesh_proto::v1 as pb;
 use mediamesh_proto::v1::job_service_server::JobService;
 use mediamesh_proto::v1::scheduler_internal_service_server::SchedulerInternalService;
-use mediamesh_store::{JobEventRow, JobFilter, JobRow, NewJob, RetryFilter, Store};
+use mediamesh_store::{FeedFilter, JobEventRow, JobFilter, JobQuota, JobRow, NewJob, RetryFilter, Store};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::SchedulerConfig;
 use crate::convert::{job_to_proto, policy_str};
+use crate::feed::{FeedSignal, ProgressBook, cursor, parse_cursor};
 
 /// Dependencies of one job, at most.
 const MAX_DEPENDENCIES: usize = 1000;
@@ -37,6 +38,7 @@ pub struct JobApi {
     /// The `inference.*` kinds some configured provider serves; the others are refused.
     ai_kinds: Arc<std::collections::HashSet<JobKind>>,
     metrics: Option<crate::metrics::SchedulerMetrics>,
+    progress: ProgressBook,
 }
 
 impl JobApi {
@@ -56,7 +58,14 @@ impl JobApi {
             shutdown,
             ai_kinds: Arc::new(ai_kinds),
             metrics: None,
+            progress: ProgressBook::new(),
         }
+    }
+
+    /// Where running jobs' latest progress comes from.
+    pub fn with_progress(mut self, progress: ProgressBook) -> Self {
+        self.progress = progress;
+        self
     }
 
     pub fn with_metrics(mut self, metrics: crate::metrics::SchedulerMetrics) -> Self {
@@ -88,6 +97,7 @@ impl JobApi {
             .map(|row| {
                 let own: Vec<_> = attempts.iter().filter(|a| a.job_id == row.id).cloned().collect();
                 let mut job = job_to_proto(row, &own);
+                self.add_progress(&mut job, row);
                 job.depends_on = dependencies
                     .iter()
                     .filter(|(job_id, _)| *job_id == row.id)
@@ -205,6 +215,21 @@ impl JobApi {
         })
     }
 
+    /// The latest progress of a running job; 1 for a finished one.
+    fn add_progress(&self, job: &mut pb::Job, row: &JobRow) {
+        match JobState::parse(&row.state) {
+            Ok(JobState::Running) => {
+                if let Some((progress, message)) = self.progress.latest(row.id, u32::try_from(row.attempt).unwrap_or(0))
+                {
+                    job.progress = progress;
+                    job.progress_message = message;
+                }
+            }
+            Ok(JobState::Succeeded) => job.progress = 1.0,
+            _ => {}
+        }
+    }
+
     async fn transition_done(&self, event: &JobEventRow) {
         crate::events::announce(&self.bus, event).await;
     }
@@ -229,6 +254,8 @@ impl JobService for JobApi {
             kind,
             page_size,
             page_token,
+            created_after,
+            created_before,
         } = request.into_inner();
         let limit = match page_size {
             0 => 100,
@@ -254,6 +281,8 @@ impl JobService for JobApi {
             } else {
                 Some(parse_id("page_token", &page_token)?)
             },
+            created_after: time_filter("created_after", created_after.as_ref())?,
+            created_before: time_filter("created_before", created_before.as_ref())?,
             limit,
         };
         let rows = self.store.list_jobs(&filter).await.map_err(Error::from)?;
@@ -329,16 +358,7 @@ impl JobService for JobApi {
                             match serde_json::from_slice::<Update>(&message.payload) {
                                 Ok(Update::Transition { seq, .. }) if seq > last_seq => break,
                                 Ok(Update::Progress { attempt, progress, message }) => {
-                                    let reply = pb::WatchJobResponse {
-                                        seq: 0,
-                                        job_id: id.to_string(),
-                                        state: pb::JobState::Running as i32,
-                                        attempt,
-                                        at: Some(to_timestamp(Utc::now())),
-                                        progress,
-                                        message,
-                                        job: None,
-                                    };
+                                    let reply = progress_message(id, attempt, progress, message);
                                     if tx.send(Ok(reply)).await.is_err() {
                                         return;
                                     }
@@ -346,6 +366,145 @@ impl JobService for JobApi {
                                 Ok(Update::Transition { .. }) | Err(_) => {}
                             }
                         }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as WatchStream))
+    }
+
+    type WatchJobsStream = WatchStream;
+
+    async fn watch_jobs(
+        &self,
+        request: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let tenant = tenant_of(&request);
+        let pb::WatchJobsRequest {
+            kind,
+            state,
+            media_id,
+            cursor: after,
+        } = request.into_inner();
+        let state = pb::JobState::try_from(state).map_err(|_| Error::bad_input(format!("unknown state {state}")))?;
+        let filter = FeedFilter {
+            tenant,
+            kind: if kind.is_empty() {
+                None
+            } else {
+                Some(JobKind::parse(&kind)?.as_str().to_owned())
+            },
+            state: JobState::from_proto(state),
+            media_id: if media_id.is_empty() {
+                None
+            } else {
+                Some(parse_id("media_id", &media_id)?)
+            },
+        };
+        // Listen before reading, so that nothing falls between the two.
+        let mut signals = self.progress.subscribe();
+        let mut position = if after.is_empty() {
+            (self.store.feed_start().await.map_err(Error::from)?, 0)
+        } else {
+            parse_cursor(&after)
+                .ok_or_else(|| Error::bad_input(format!("cursor {after:?} is not one WatchJobs gave")))?
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let api = self.clone();
+        tokio::spawn(async move {
+            // Jobs whose progress this feed carries (tenant and filters checked once per job).
+            let mut followed: std::collections::HashMap<Uuid, bool> = std::collections::HashMap::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                // Read until caught up.
+                loop {
+                    let events = match api.store.feed(&filter, position, 500).await {
+                        Ok(events) => events,
+                        Err(err) => {
+                            let _ = tx.send(Err(Status::from(Error::from(err)))).await;
+                            return;
+                        }
+                    };
+                    let full = events.len() == 500;
+                    let ids: Vec<Uuid> = events.iter().map(|e| e.job_id).collect();
+                    let jobs = match api.store.jobs_by_id(&filter.tenant, &ids).await {
+                        Ok(rows) => match api.to_protos(&rows).await {
+                            Ok(jobs) => jobs,
+                            Err(err) => {
+                                let _ = tx.send(Err(Status::from(err))).await;
+                                return;
+                            }
+                        },
+                        Err(err) => {
+                            let _ = tx.send(Err(Status::from(Error::from(err)))).await;
+                            return;
+                        }
+                    };
+                    for event in events {
+                        position = (event.xid, event.seq);
+                        let job = jobs.iter().find(|j| j.id == event.job_id.to_string());
+                        let state = JobState::parse(&event.state).map_or(pb::JobState::Unspecified, JobState::to_proto);
+                        let message = pb::WatchJobResponse {
+                            seq: u64::try_from(event.seq).unwrap_or(0),
+                            job_id: event.job_id.to_string(),
+                            state: state as i32,
+                            attempt: u32::try_from(event.attempt).unwrap_or(0),
+                            at: Some(to_timestamp(event.at)),
+                            progress: if state == pb::JobState::Succeeded { 1.0 } else { 0.0 },
+                            message: String::new(),
+                            job: job.cloned(),
+                            cursor: cursor(event.xid, event.seq),
+                        };
+                        if tx.send(Ok(message)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                // Wait for a change, a progress report, a tick, the client leaving or shutdown.
+                loop {
+                    tokio::select! {
+                        () = api.shutdown.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("server shutting down; resume with the last cursor"))).await;
+                            return;
+                        }
+                        () = tx.closed() => return,
+                        _ = tick.tick() => break,
+                        signal = signals.recv() => match signal {
+                            Ok(FeedSignal::Changed) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                            Ok(FeedSignal::Progress(p)) => {
+                                let carried = match followed.get(&p.job_id) {
+                                    Some(carried) => *carried,
+                                    None => {
+                                        let carried = api
+                                            .store
+                                            .get_job(&filter.tenant, p.job_id)
+                                            .await
+                                            .ok()
+                                            .flatten()
+                                            .is_some_and(|row| {
+                                                filter.kind.as_ref().is_none_or(|k| *k == row.kind)
+                                                    && filter.media_id.is_none_or(|m| row.media_id == Some(m))
+                                                    && filter.state.is_none_or(|s| s == JobState::Running)
+                                            });
+                                        if followed.len() > 10_000 {
+                                            followed.clear();
+                                        }
+                                        followed.insert(p.job_id, carried);
+                                        carried
+                                    }
+                                };
+                                if carried {
+                                    let reply = progress_message(p.job_id, p.attempt, p.progress, p.message);
+                                    if tx.send(Ok(reply)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        },
                     }
                 }
             }
@@ -516,6 +675,27 @@ impl JobService for JobApi {
     }
 }
 
+/// A progress report for watchers: no seq, no cursor (it is not part of the history).
+fn progress_message(job_id: Uuid, attempt: u32, progress: f32, message: String) -> pb::WatchJobResponse {
+    pb::WatchJobResponse {
+        seq: 0,
+        job_id: job_id.to_string(),
+        state: pb::JobState::Running as i32,
+        attempt,
+        at: Some(to_timestamp(Utc::now())),
+        progress,
+        message,
+        job: None,
+        cursor: String::new(),
+    }
+}
+
+/// A time filter of a request: absent, or a valid time.
+fn time_filter(field: &str, at: Option<&prost_types::Timestamp>) -> Result<Option<chrono::DateTime<Utc>>, Error> {
+    at.map(|ts| from_timestamp(ts).ok_or_else(|| Error::bad_input(format!("{field} is not a valid time"))))
+        .transpose()
+}
+
 fn transition_message(event: &JobEventRow, job: &pb::Job) -> pb::WatchJobResponse {
     let state = JobState::parse(&event.state).map_or(pb::JobState::Unspecified, JobState::to_proto);
     pb::WatchJobResponse {
@@ -527,6 +707,7 @@ fn transition_message(event: &JobEventRow, job: &pb::Job) -> pb::WatchJobRespons
         progress: if state == pb::JobState::Succeeded { 1.0 } else { 0.0 },
         message: String::new(),
         job: Some(job.clone()),
+        cursor: String::new(),
     }
 }
 
@@ -537,7 +718,7 @@ impl SchedulerInternalService for JobApi {
         request: Request<pb::CreateJobsRequest>,
     ) -> Result<Response<pb::CreateJobsResponse>, Status> {
         let timer = std::time::Instant::now();
-        let pb::CreateJobsRequest { tenant, jobs } = request.into_inner();
+        let pb::CreateJobsRequest { tenant, jobs, quota } = request.into_inner();
         let tenant = if tenant.is_empty() {
             mediamesh_core::DEFAULT_TENANT.to_owned()
         } else {
@@ -554,7 +735,36 @@ impl SchedulerInternalService for JobApi {
                     .map_err(|e| e.context(&format!("jobs[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let created = self.store.create_jobs(&new_jobs).await.map_err(Error::from)?;
+        let quota = quota.map(|q| JobQuota {
+            jobs_per_hour: q.jobs_per_hour,
+            jobs_per_day: q.jobs_per_day,
+            running_jobs: q.running_jobs,
+        });
+        let created = match self
+            .store
+            .create_jobs_within(&new_jobs, quota)
+            .await
+            .map_err(Error::from)?
+        {
+            Ok(created) => created,
+            Err(hit) => {
+                let window = if hit.quota == "jobs_per_hour" { "hour" } else { "day" };
+                return Err(Error::new(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "tenant {tenant:?} is over its {} quota: {} jobs in the last {window}, at most {}; \
+                         these {} would not fit (retry in {:.0} s)",
+                        hit.quota,
+                        hit.used,
+                        hit.limit,
+                        new_jobs.len(),
+                        hit.retry_after_secs.ceil()
+                    ),
+                )
+                .retry_after(hit.retry_after_secs)
+                .into());
+            }
+        };
         let created: Vec<_> = created
             .into_iter()
             .zip(new_jobs.iter().map(|job| job.depends_on.is_empty()))

@@ -13,6 +13,9 @@ pub struct SchedulerConfig {
     /// Prometheus metrics, /livez and /readyz over HTTP (empty: off)
     #[arg(long, env = "MM_METRICS_ADDR", default_value = "0.0.0.0:9102", value_parser = mediamesh_server::metrics::parse_metrics_addr)]
     pub metrics_addr: ::std::option::Option<SocketAddr>,
+    /// API keys and the internal token
+    #[command(flatten)]
+    pub auth: mediamesh_server::auth::AuthArgs,
     /// PostgreSQL URL
     #[arg(long, env = "MM_DATABASE_URL")]
     pub database_url: String,
@@ -96,6 +99,7 @@ impl SchedulerConfig {
         Self {
             listen_addr,
             metrics_addr: None,
+            auth: mediamesh_server::auth::AuthArgs::default(),
             database_url,
             nats_url,
             stream_replicas: 1,

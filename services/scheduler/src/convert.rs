@@ -80,6 +80,8 @@ pub fn job_to_proto(row: &JobRow, attempts: &[AttemptRow]) -> pb::Job {
         depends_on: Vec::new(),
         on_dependency_failure: policy_of(&row.on_dependency_failure) as i32,
         pending_dependencies: u32::try_from(row.pending_deps).unwrap_or(0),
+        progress: 0.0,
+        progress_message: String::new(),
     }
 }
 

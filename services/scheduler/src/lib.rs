@@ -8,6 +8,7 @@ mod config;
 mod convert;
 mod dispatch;
 mod events;
+mod feed;
 mod metrics;
 mod retention;
 
@@ -162,6 +163,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         .into_iter()
         .filter_map(mediamesh_gateway::Task::job_kind)
         .collect();
+    let progress = feed::ProgressBook::new();
     let api = api::JobApi::new(
         store.clone(),
         bus.clone(),
@@ -170,13 +172,16 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         shutdown.clone(),
         ai_kinds,
     )
-    .with_metrics(scheduler_metrics);
+    .with_metrics(scheduler_metrics)
+    .with_progress(progress.clone());
+    let progress_task = tokio::spawn(progress.run(bus.clone(), tasks.clone()));
     mediamesh_server::metrics::serve_metrics(config.metrics_addr, registry.clone(), readiness, shutdown.clone())
         .await?;
     let incoming = mediamesh_server::bind(config.listen_addr).await?;
     tracing::info!(addr = %config.listen_addr, "scheduler listening");
     tonic::transport::Server::builder()
         .trace_fn(mediamesh_telemetry::grpc_server_span)
+        .layer(mediamesh_server::auth::AuthLayer::new(config.auth.internal()?))
         .add_service(health_service)
         .add_service(mediamesh_server::reflection()?)
         .add_service(JobServiceServer::new(api.clone()))
@@ -185,7 +190,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         .await?;
 
     tasks.cancel();
-    let _ = tokio::join!(dispatcher, events, retention, health);
+    let _ = tokio::join!(dispatcher, events, retention, health, progress_task);
     store.close().await;
     Ok(())
 }
