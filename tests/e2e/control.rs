@@ -112,3 +112,73 @@ async fn cancel_retry_dedup_and_stats() {
     assert_eq!(listed.jobs.len(), 2);
     mesh.shutdown().await.unwrap();
 }
+
+/// The `noop` kind is refused unless enabled; enabled, hundreds of them finish through the
+/// batched report path with one attempt and one event per state each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn noop_jobs_are_gated_and_their_batched_reports_record_each_state_once() {
+    let mesh = Mesh::start().await.unwrap();
+    let noop = || pb::JobSpec {
+        kind: "noop".to_owned(),
+        ..Default::default()
+    };
+    let status = mesh
+        .ingest()
+        .submit_job(pb::SubmitJobRequest { job: Some(noop()) })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&status), ErrorCode::Unsupported, "{status:?}");
+    mesh.shutdown().await.unwrap();
+
+    let mesh = Mesh::start_with(|c| {
+        c.scheduler.enable_noop = true;
+        c.media.enable_noop = true;
+        c.media.worker_concurrency = 64;
+    })
+    .await
+    .unwrap();
+    let mut ingest = mesh.ingest();
+    let mut jobs = mesh.jobs();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let response = ingest
+            .submit_jobs(pb::SubmitJobsRequest {
+                jobs: (0..100).map(|_| noop()).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(response.jobs.into_iter().map(|j| j.job.unwrap().id));
+    }
+    for id in &ids {
+        let job = wait_job(&mut jobs, id, JOB_DEADLINE).await.unwrap();
+        assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+        assert_eq!(job.attempts.len(), 1, "{job:?}");
+        let attempt = &job.attempts[0];
+        assert_eq!(attempt.outcome, pb::JobState::Succeeded as i32);
+        let (started, finished) = (attempt.started_at.unwrap(), attempt.finished_at.unwrap());
+        assert!((started.seconds, started.nanos) <= (finished.seconds, finished.nanos));
+    }
+    for id in ids.iter().step_by(15) {
+        let mut history = jobs
+            .watch_job(pb::WatchJobRequest {
+                job_id: id.clone(),
+                after_seq: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut states = Vec::new();
+        while let Some(update) = history.message().await.unwrap() {
+            if update.seq > 0 {
+                states.push(update.state);
+            }
+        }
+        assert_eq!(
+            states,
+            [pb::JobState::Queued, pb::JobState::Running, pb::JobState::Succeeded].map(|s| s as i32),
+            "job {id}"
+        );
+    }
+    mesh.shutdown().await.unwrap();
+}

@@ -28,6 +28,9 @@ pub enum JobKind {
     /// Sleeps, optionally in a subprocess, then succeeds or fails as its payload says. Only
     /// accepted when the services run with `MM_ENABLE_TEST_KINDS=true`: the fault tests use it.
     TestSleep,
+    /// Does nothing and succeeds: what the queue itself costs, for benchmarks. Only accepted
+    /// when the services run with `MM_ENABLE_NOOP=true`.
+    Noop,
 }
 
 /// The JetStream queue (subject suffix and durable consumer) a kind runs on.
@@ -49,7 +52,7 @@ impl Queue {
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 13] = [
+    pub const ALL: [JobKind; 14] = [
         Self::MediaProbe,
         Self::MediaThumbnails,
         Self::MediaWaveform,
@@ -63,6 +66,7 @@ impl JobKind {
         Self::InferenceExtract,
         Self::Aggregate,
         Self::TestSleep,
+        Self::Noop,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +84,7 @@ impl JobKind {
             Self::InferenceExtract => "inference.extract",
             Self::Aggregate => "aggregate",
             Self::TestSleep => "test.sleep",
+            Self::Noop => "noop",
         }
     }
 
@@ -101,7 +106,8 @@ impl JobKind {
             | Self::MediaWaveform
             | Self::MediaVideoThumbnail
             | Self::MediaVideoPreview
-            | Self::TestSleep => Queue::Media,
+            | Self::TestSleep
+            | Self::Noop => Queue::Media,
             Self::InferenceTranscribe
             | Self::InferenceDescribeImage
             | Self::InferenceEnhanceImage
@@ -115,7 +121,7 @@ impl JobKind {
     /// Whether this build has a worker for the kind. Submitting one that has none is
     /// `UNSUPPORTED`, so that no job waits forever for a worker that does not exist.
     pub fn is_available(self) -> bool {
-        !self.is_test()
+        !self.is_test() && self != Self::Noop
     }
 
     /// Kinds that exist for tests only and are refused unless test kinds are enabled.
@@ -130,6 +136,7 @@ impl JobKind {
             self,
             Self::Aggregate
                 | Self::TestSleep
+                | Self::Noop
                 | Self::InferenceGenerateText
                 | Self::InferenceGenerateImage
                 | Self::InferenceExtract

@@ -73,6 +73,86 @@ pub struct NewJob {
     pub traceparent: Option<String>,
 }
 
+/// Claims due jobs of a queue ($1) for dispatch: at most $2, tenants in turn with at most $3
+/// each in flight, effective priority aging one level per $4 seconds (see
+/// [`Store::claim_due_jobs`]).
+const CLAIM_SQL: &str = "WITH load AS ( \
+               SELECT tenant, count(*) AS n FROM scheduler.jobs \
+               WHERE queue = $1 AND state IN ('QUEUED', 'RUNNING') AND dispatched_at IS NOT NULL \
+               GROUP BY tenant), \
+             tenant_room AS ( \
+               SELECT t.tenant, t.running_jobs - ( \
+                 SELECT count(*) FROM scheduler.jobs j WHERE j.tenant = t.tenant \
+                   AND j.state IN ('QUEUED', 'RUNNING') AND j.dispatched_at IS NOT NULL) AS room \
+               FROM scheduler.tenant_limits t), \
+             tenants AS ( \
+               SELECT d.tenant FROM ( \
+                 WITH RECURSIVE walk AS ( \
+                   (SELECT tenant FROM scheduler.jobs \
+                    WHERE queue = $1 AND state IN ('QUEUED', 'SCHEDULED') AND dispatched_at IS NULL \
+                      AND pending_deps = 0 ORDER BY tenant LIMIT 1) \
+                   UNION ALL \
+                   SELECT (SELECT j.tenant FROM scheduler.jobs j \
+                           WHERE j.queue = $1 AND j.state IN ('QUEUED', 'SCHEDULED') \
+                             AND j.dispatched_at IS NULL AND j.pending_deps = 0 AND j.tenant > w.tenant \
+                           ORDER BY j.tenant LIMIT 1) \
+                   FROM walk w WHERE w.tenant IS NOT NULL) \
+                 SELECT tenant FROM walk) d WHERE d.tenant IS NOT NULL), \
+             due AS ( \
+               SELECT c.id, c.tenant, c.run_at, \
+                 c.priority + floor(extract(epoch FROM now() - c.run_at) / $4) AS effective \
+               FROM tenants t CROSS JOIN generate_series(1, 10) AS p(level) \
+               CROSS JOIN LATERAL ( \
+                 SELECT j.id, j.tenant, j.run_at, j.priority FROM scheduler.jobs j \
+                 WHERE j.queue = $1 AND j.tenant = t.tenant AND j.priority = p.level \
+                   AND j.state IN ('QUEUED', 'SCHEDULED') AND j.dispatched_at IS NULL \
+                   AND j.pending_deps = 0 AND j.run_at <= now() \
+                 ORDER BY j.run_at LIMIT $2) c), \
+             ranked AS ( \
+               SELECT id, tenant, run_at, effective, \
+                 row_number() OVER (PARTITION BY tenant ORDER BY effective DESC, run_at, id) AS turn \
+               FROM due), \
+             picked AS ( \
+               SELECT r.id FROM ranked r LEFT JOIN load l ON l.tenant = r.tenant \
+                 LEFT JOIN tenant_room t ON t.tenant = r.tenant \
+               WHERE r.turn <= $3 - coalesce(l.n, 0) AND r.turn <= coalesce(t.room, r.turn) \
+               ORDER BY r.turn, r.effective DESC, r.run_at, r.id LIMIT $2) \
+             UPDATE scheduler.jobs j SET attempt = j.attempt + 1, state = 'QUEUED', \
+               dispatched_at = now(), dispatch_seq = NULL, updated_at = now() \
+             FROM picked WHERE j.id = picked.id \
+               AND j.state IN ('QUEUED', 'SCHEDULED') AND j.dispatched_at IS NULL \
+             RETURNING j.id, j.tenant, j.kind, j.queue, j.media_id, j.payload, j.attempt, \
+               j.timeout_ms, j.priority, j.max_attempts, NULL::bigint AS dispatch_seq, j.traceparent, \
+               greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS waited_secs";
+
+/// A worker's report about one attempt, as [`Store::apply_reports`] applies it.
+#[derive(Clone, Copy, Debug)]
+pub enum Report<'a> {
+    Started {
+        job_id: Uuid,
+        attempt: i32,
+        worker_id: &'a str,
+        at: DateTime<Utc>,
+    },
+    Succeeded {
+        job_id: Uuid,
+        attempt: i32,
+        worker_id: &'a str,
+        result: &'a serde_json::Value,
+        at: DateTime<Utc>,
+    },
+    Failed {
+        job_id: Uuid,
+        attempt: i32,
+        worker_id: &'a str,
+        code: &'a str,
+        message: &'a str,
+        retryable: bool,
+        backoff: std::time::Duration,
+        at: DateTime<Utc>,
+    },
+}
+
 /// A state change in the feed of all of a tenant's jobs, with its place in commit order.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct FeedEvent {
@@ -543,47 +623,30 @@ impl Store {
         } else {
             f64::INFINITY
         };
-        let claimed: Vec<DueJob> = sqlx::query_as(
-            "WITH load AS ( \
-               SELECT tenant, count(*) AS n FROM scheduler.jobs \
-               WHERE queue = $1 AND state IN ('QUEUED', 'RUNNING') AND dispatched_at IS NOT NULL \
-               GROUP BY tenant), \
-             tenant_room AS ( \
-               SELECT t.tenant, t.running_jobs - ( \
-                 SELECT count(*) FROM scheduler.jobs j WHERE j.tenant = t.tenant \
-                   AND j.state IN ('QUEUED', 'RUNNING') AND j.dispatched_at IS NOT NULL) AS room \
-               FROM scheduler.tenant_limits t), \
-             due AS ( \
-               SELECT id, tenant, run_at, \
-                 priority + floor(extract(epoch FROM now() - run_at) / $4) AS effective \
-               FROM scheduler.jobs \
-               WHERE queue = $1 AND state IN ('QUEUED', 'SCHEDULED') AND dispatched_at IS NULL \
-                 AND pending_deps = 0 AND run_at <= now()), \
-             ranked AS ( \
-               SELECT id, tenant, run_at, effective, \
-                 row_number() OVER (PARTITION BY tenant ORDER BY effective DESC, run_at, id) AS turn \
-               FROM due), \
-             picked AS ( \
-               SELECT r.id FROM ranked r LEFT JOIN load l ON l.tenant = r.tenant \
-                 LEFT JOIN tenant_room t ON t.tenant = r.tenant \
-               WHERE r.turn <= $3 - coalesce(l.n, 0) AND r.turn <= coalesce(t.room, r.turn) \
-               ORDER BY r.turn, r.effective DESC, r.run_at, r.id LIMIT $2) \
-             UPDATE scheduler.jobs j SET attempt = j.attempt + 1, state = 'QUEUED', \
-               dispatched_at = now(), dispatch_seq = NULL, updated_at = now() \
-             FROM picked WHERE j.id = picked.id \
-               AND j.state IN ('QUEUED', 'SCHEDULED') AND j.dispatched_at IS NULL \
-             RETURNING j.id, j.tenant, j.kind, j.queue, j.media_id, j.payload, j.attempt, \
-               j.timeout_ms, j.priority, j.max_attempts, NULL::bigint AS dispatch_seq, j.traceparent, \
-               greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS waited_secs",
-        )
-        .bind(queue)
-        .bind(room)
-        .bind(per_tenant)
-        .bind(aging)
-        .fetch_all(&mut *tx)
-        .await?;
+        let claimed: Vec<DueJob> = sqlx::query_as(CLAIM_SQL)
+            .bind(queue)
+            .bind(room)
+            .bind(per_tenant)
+            .bind(aging)
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// The plan of a claim as PostgreSQL runs it (EXPLAIN ANALYZE, rolled back): for tuning.
+    pub async fn explain_claim(&self, queue: &str, room: i64) -> Result<Vec<String>> {
+        let mut tx = self.pool().begin().await?;
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (ANALYZE, BUFFERS) {CLAIM_SQL}")))
+                .bind(queue)
+                .bind(room)
+                .bind(i64::MAX)
+                .bind(60.0_f64)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.rollback().await?;
+        Ok(plan)
     }
 
     /// Jobs dispatched more than `older_than_secs` ago that no worker has started: their message
@@ -617,51 +680,13 @@ impl Store {
         worker_id: &str,
         at: DateTime<Utc>,
     ) -> Result<Option<CompletedTransition>> {
-        let mut tx = self.pool().begin().await?;
-        let previous: Option<(i32, String)> = sqlx::query_as(
-            "WITH old AS (SELECT attempt, state FROM scheduler.jobs WHERE id = $1 FOR UPDATE) \
-             UPDATE scheduler.jobs j SET state = 'RUNNING', attempt = $2, updated_at = now() FROM old \
-             WHERE j.id = $1 AND ((old.state = 'QUEUED' AND old.attempt = $2) \
-               OR (old.state IN ('QUEUED', 'RUNNING') AND old.attempt < $2)) \
-             RETURNING old.attempt, old.state",
-        )
-        .bind(job_id)
-        .bind(attempt)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((previous_attempt, _)) = previous else {
-            return Ok(None);
+        let report = Report::Started {
+            job_id,
+            attempt,
+            worker_id,
+            at,
         };
-        if previous_attempt < attempt {
-            sqlx::query(
-                "UPDATE scheduler.attempts SET finished_at = $3, outcome = 'FAILED', \
-                   error_code = 'UNAVAILABLE', \
-                   error_message = 'worker ' || worker_id || ' stopped reporting; the job was delivered again' \
-                 WHERE job_id = $1 AND attempt < $2 AND finished_at IS NULL",
-            )
-            .bind(job_id)
-            .bind(attempt)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(
-            "INSERT INTO scheduler.attempts (job_id, attempt, worker_id, started_at, outcome) \
-             VALUES ($1, $2, $3, $4, 'RUNNING') ON CONFLICT (job_id, attempt) DO NOTHING",
-        )
-        .bind(job_id)
-        .bind(attempt)
-        .bind(worker_id)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        let event = insert_event(&mut tx, job_id, JobState::Running, attempt).await?;
-        tx.commit().await?;
-        Ok(Some(CompletedTransition {
-            event,
-            cascaded: Vec::new(),
-            attempt_run: None,
-        }))
+        Ok(self.apply_reports(std::slice::from_ref(&report)).await?.pop().flatten())
     }
 
     /// Records a successful attempt: RUNNING (or QUEUED, when the start report was lost) ->
@@ -674,30 +699,14 @@ impl Store {
         result: &serde_json::Value,
         at: DateTime<Utc>,
     ) -> Result<Option<CompletedTransition>> {
-        let mut tx = self.pool().begin().await?;
-        let kind: Option<String> = sqlx::query_scalar(
-            "UPDATE scheduler.jobs SET state = 'SUCCEEDED', result = $3, error_code = NULL, \
-               error_message = NULL, finished_at = $4, updated_at = now() \
-             WHERE id = $1 AND attempt = $2 AND state IN ('QUEUED', 'RUNNING') RETURNING kind",
-        )
-        .bind(job_id)
-        .bind(attempt)
-        .bind(result)
-        .bind(at)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(kind) = kind else {
-            return Ok(None);
+        let report = Report::Succeeded {
+            job_id,
+            attempt,
+            worker_id,
+            result,
+            at,
         };
-        let started_at = finish_attempt(&mut tx, job_id, attempt, worker_id, at, "SUCCEEDED", None, None).await?;
-        let event = insert_event(&mut tx, job_id, JobState::Succeeded, attempt).await?;
-        let cascaded = settle_dependents(&mut tx, job_id, JobState::Succeeded).await?;
-        tx.commit().await?;
-        Ok(Some(CompletedTransition {
-            event,
-            cascaded,
-            attempt_run: Some(AttemptRun { kind, started_at }),
-        }))
+        Ok(self.apply_reports(std::slice::from_ref(&report)).await?.pop().flatten())
     }
 
     /// Records a failed attempt. A retryable failure with attempts left goes to SCHEDULED with
@@ -714,55 +723,64 @@ impl Store {
         backoff: std::time::Duration,
         at: DateTime<Utc>,
     ) -> Result<Option<CompletedTransition>> {
-        let mut tx = self.pool().begin().await?;
-        let backoff_secs = backoff.as_secs_f64();
-        let new_state: Option<(String, String)> = sqlx::query_as(
-            "UPDATE scheduler.jobs SET \
-               state = CASE WHEN $5 AND attempt < max_attempts THEN 'SCHEDULED' ELSE 'FAILED' END, \
-               run_at = CASE WHEN $5 AND attempt < max_attempts \
-                 THEN $6 + make_interval(secs => $7) ELSE run_at END, \
-               dispatched_at = NULL, error_code = $3, error_message = $4, \
-               finished_at = CASE WHEN $5 AND attempt < max_attempts THEN NULL ELSE $6 END, \
-               updated_at = now() \
-             WHERE id = $1 AND attempt = $2 AND state IN ('QUEUED', 'RUNNING') \
-             RETURNING state, kind",
-        )
-        .bind(job_id)
-        .bind(attempt)
-        .bind(code)
-        .bind(message)
-        .bind(retryable)
-        .bind(at)
-        .bind(backoff_secs)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((new_state, kind)) = new_state else {
-            return Ok(None);
-        };
-        let started_at = finish_attempt(
-            &mut tx,
+        let report = Report::Failed {
             job_id,
             attempt,
             worker_id,
+            code,
+            message,
+            retryable,
+            backoff,
             at,
-            "FAILED",
-            Some(code),
-            Some(message),
-        )
-        .await?;
-        let state = JobState::parse(&new_state).unwrap_or(JobState::Failed);
-        let event = insert_event(&mut tx, job_id, state, attempt).await?;
-        let cascaded = if state.is_terminal() {
-            settle_dependents(&mut tx, job_id, state).await?
-        } else {
-            Vec::new()
         };
+        Ok(self.apply_reports(std::slice::from_ref(&report)).await?.pop().flatten())
+    }
+
+    /// Applies workers' reports in order, in one transaction (one commit for the lot). Each
+    /// gets the transition it made, or None when it changed nothing (late, repeated, for
+    /// another attempt). An error undoes the whole batch: apply its reports one by one then.
+    pub async fn apply_reports(&self, reports: &[Report<'_>]) -> Result<Vec<Option<CompletedTransition>>> {
+        let mut tx = self.pool().begin().await?;
+        if reports.len() > 1 && set_applicable(reports) {
+            let out = apply_set(&mut tx, reports).await?;
+            tx.commit().await?;
+            return Ok(out);
+        }
+        let mut out = Vec::with_capacity(reports.len());
+        for report in reports {
+            out.push(match *report {
+                Report::Started {
+                    job_id,
+                    attempt,
+                    worker_id,
+                    at,
+                } => started_in(&mut tx, job_id, attempt, worker_id, at).await?,
+                Report::Succeeded {
+                    job_id,
+                    attempt,
+                    worker_id,
+                    result,
+                    at,
+                } => succeeded_in(&mut tx, job_id, attempt, worker_id, result, at).await?,
+                Report::Failed {
+                    job_id,
+                    attempt,
+                    worker_id,
+                    code,
+                    message,
+                    retryable,
+                    backoff,
+                    at,
+                } => {
+                    failed_in(
+                        &mut tx, job_id, attempt, worker_id, code, message, retryable, backoff, at,
+                    )
+                    .await?
+                }
+            });
+        }
         tx.commit().await?;
-        Ok(Some(CompletedTransition {
-            event,
-            cascaded,
-            attempt_run: Some(AttemptRun { kind, started_at }),
-        }))
+        Ok(out)
     }
 
     /// Any non-terminal state -> CANCELLED. Returns the event when the job changed state.
@@ -981,6 +999,368 @@ impl Store {
 
 /// Records the dependencies of a job just inserted. Those already ended are settled at once;
 /// one that ended FAILED or CANCELLED ends the job (policy FAIL or SKIP) before it ever runs.
+async fn started_in(
+    tx: &mut sqlx::PgConnection,
+    job_id: Uuid,
+    attempt: i32,
+    worker_id: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<CompletedTransition>> {
+    let previous: Option<(i32, String)> = sqlx::query_as(
+        "WITH old AS (SELECT attempt, state FROM scheduler.jobs WHERE id = $1 FOR UPDATE) \
+         UPDATE scheduler.jobs j SET state = 'RUNNING', attempt = $2, updated_at = now() FROM old \
+         WHERE j.id = $1 AND ((old.state = 'QUEUED' AND old.attempt = $2) \
+           OR (old.state IN ('QUEUED', 'RUNNING') AND old.attempt < $2)) \
+         RETURNING old.attempt, old.state",
+    )
+    .bind(job_id)
+    .bind(attempt)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((previous_attempt, _)) = previous else {
+        return Ok(None);
+    };
+    if previous_attempt < attempt {
+        sqlx::query(
+            "UPDATE scheduler.attempts SET finished_at = $3, outcome = 'FAILED', \
+               error_code = 'UNAVAILABLE', \
+               error_message = 'worker ' || worker_id || ' stopped reporting; the job was delivered again' \
+             WHERE job_id = $1 AND attempt < $2 AND finished_at IS NULL",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO scheduler.attempts (job_id, attempt, worker_id, started_at, outcome) \
+         VALUES ($1, $2, $3, $4, 'RUNNING') ON CONFLICT (job_id, attempt) DO NOTHING",
+    )
+    .bind(job_id)
+    .bind(attempt)
+    .bind(worker_id)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    let event = insert_event(&mut *tx, job_id, JobState::Running, attempt).await?;
+    Ok(Some(CompletedTransition {
+        event,
+        cascaded: Vec::new(),
+        attempt_run: None,
+    }))
+}
+
+async fn succeeded_in(
+    tx: &mut sqlx::PgConnection,
+    job_id: Uuid,
+    attempt: i32,
+    worker_id: &str,
+    result: &serde_json::Value,
+    at: DateTime<Utc>,
+) -> Result<Option<CompletedTransition>> {
+    let kind: Option<String> = sqlx::query_scalar(
+        "UPDATE scheduler.jobs SET state = 'SUCCEEDED', result = $3, error_code = NULL, \
+           error_message = NULL, finished_at = $4, updated_at = now() \
+         WHERE id = $1 AND attempt = $2 AND state IN ('QUEUED', 'RUNNING') RETURNING kind",
+    )
+    .bind(job_id)
+    .bind(attempt)
+    .bind(result)
+    .bind(at)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(kind) = kind else {
+        return Ok(None);
+    };
+    let started_at = finish_attempt(&mut *tx, job_id, attempt, worker_id, at, "SUCCEEDED", None, None).await?;
+    let event = insert_event(&mut *tx, job_id, JobState::Succeeded, attempt).await?;
+    let cascaded = settle_dependents(&mut *tx, job_id, JobState::Succeeded).await?;
+    Ok(Some(CompletedTransition {
+        event,
+        cascaded,
+        attempt_run: Some(AttemptRun { kind, started_at }),
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn failed_in(
+    tx: &mut sqlx::PgConnection,
+    job_id: Uuid,
+    attempt: i32,
+    worker_id: &str,
+    code: &str,
+    message: &str,
+    retryable: bool,
+    backoff: std::time::Duration,
+    at: DateTime<Utc>,
+) -> Result<Option<CompletedTransition>> {
+    let backoff_secs = backoff.as_secs_f64();
+    let new_state: Option<(String, String)> = sqlx::query_as(
+        "UPDATE scheduler.jobs SET \
+           state = CASE WHEN $5 AND attempt < max_attempts THEN 'SCHEDULED' ELSE 'FAILED' END, \
+           run_at = CASE WHEN $5 AND attempt < max_attempts \
+             THEN $6 + make_interval(secs => $7) ELSE run_at END, \
+           dispatched_at = NULL, error_code = $3, error_message = $4, \
+           finished_at = CASE WHEN $5 AND attempt < max_attempts THEN NULL ELSE $6 END, \
+           updated_at = now() \
+         WHERE id = $1 AND attempt = $2 AND state IN ('QUEUED', 'RUNNING') \
+         RETURNING state, kind",
+    )
+    .bind(job_id)
+    .bind(attempt)
+    .bind(code)
+    .bind(message)
+    .bind(retryable)
+    .bind(at)
+    .bind(backoff_secs)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((new_state, kind)) = new_state else {
+        return Ok(None);
+    };
+    let started_at = finish_attempt(
+        &mut *tx,
+        job_id,
+        attempt,
+        worker_id,
+        at,
+        "FAILED",
+        Some(code),
+        Some(message),
+    )
+    .await?;
+    let state = JobState::parse(&new_state).unwrap_or(JobState::Failed);
+    let event = insert_event(&mut *tx, job_id, state, attempt).await?;
+    let cascaded = if state.is_terminal() {
+        settle_dependents(&mut *tx, job_id, state).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Some(CompletedTransition {
+        event,
+        cascaded,
+        attempt_run: Some(AttemptRun { kind, started_at }),
+    }))
+}
+
+/// Whether a batch can be applied a statement per kind of change rather than per report:
+/// only starts and successes, each job at most one of each, its start first.
+fn set_applicable(reports: &[Report<'_>]) -> bool {
+    let mut seen: std::collections::HashMap<Uuid, (bool, bool)> =
+        std::collections::HashMap::with_capacity(reports.len());
+    for report in reports {
+        match *report {
+            Report::Started { job_id, .. } => {
+                let entry = seen.entry(job_id).or_default();
+                if entry.0 || entry.1 {
+                    return false;
+                }
+                entry.0 = true;
+            }
+            Report::Succeeded { job_id, .. } => {
+                let entry = seen.entry(job_id).or_default();
+                if entry.1 {
+                    return false;
+                }
+                entry.1 = true;
+            }
+            Report::Failed { .. } => return false,
+        }
+    }
+    true
+}
+
+/// Inserts one event per (job, state, attempt), in the given order; returns them by job.
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    rows: &[(Uuid, i32)],
+    state: JobState,
+) -> Result<std::collections::HashMap<Uuid, JobEventRow>> {
+    if rows.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let attempts: Vec<i32> = rows.iter().map(|r| r.1).collect();
+    let events: Vec<JobEventRow> = sqlx::query_as(
+        "INSERT INTO scheduler.job_events (job_id, state, attempt) \
+         SELECT r.id, $3, r.attempt FROM unnest($1::uuid[], $2::int[]) WITH ORDINALITY AS r(id, attempt, n) \
+         ORDER BY r.n RETURNING *",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(state.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(events.into_iter().map(|e| (e.job_id, e)).collect())
+}
+
+/// A success report of a batch: its place, job, attempt, worker, result and time.
+type Success<'a> = (usize, Uuid, i32, &'a str, &'a serde_json::Value, DateTime<Utc>);
+
+/// [`Store::apply_reports`] for a batch of starts and successes: the usual case of each
+/// (a start of the dispatched attempt of a QUEUED job; a success of the attempt a job is at)
+/// in a few statements for the whole batch, anything else report by report.
+async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Result<Vec<Option<CompletedTransition>>> {
+    let mut out: Vec<Option<CompletedTransition>> = vec![None; reports.len()];
+
+    // Starts: QUEUED at this attempt -> RUNNING, with the attempt's record and the event.
+    let starts: Vec<(usize, Uuid, i32, &str, DateTime<Utc>)> = reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match *r {
+            Report::Started {
+                job_id,
+                attempt,
+                worker_id,
+                at,
+            } => Some((i, job_id, attempt, worker_id, at)),
+            _ => None,
+        })
+        .collect();
+    if !starts.is_empty() {
+        let ids: Vec<Uuid> = starts.iter().map(|s| s.1).collect();
+        let attempts: Vec<i32> = starts.iter().map(|s| s.2).collect();
+        let started: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE scheduler.jobs j SET state = 'RUNNING', updated_at = now() \
+             FROM unnest($1::uuid[], $2::int[]) AS r(id, attempt) \
+             WHERE j.id = ANY($1) AND j.id = r.id AND j.state = 'QUEUED' AND j.attempt = r.attempt \
+             RETURNING j.id",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .fetch_all(&mut *tx)
+        .await?;
+        let started: std::collections::HashSet<Uuid> = started.into_iter().collect();
+        let done: Vec<_> = starts.iter().filter(|s| started.contains(&s.1)).collect();
+        if !done.is_empty() {
+            let ids: Vec<Uuid> = done.iter().map(|s| s.1).collect();
+            let attempts: Vec<i32> = done.iter().map(|s| s.2).collect();
+            let workers: Vec<&str> = done.iter().map(|s| s.3).collect();
+            let ats: Vec<DateTime<Utc>> = done.iter().map(|s| s.4).collect();
+            sqlx::query(
+                "INSERT INTO scheduler.attempts (job_id, attempt, worker_id, started_at, outcome) \
+                 SELECT r.id, r.attempt, r.worker, r.at, 'RUNNING' \
+                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[]) AS r(id, attempt, worker, at) \
+                 ON CONFLICT (job_id, attempt) DO NOTHING",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&workers)
+            .bind(&ats)
+            .execute(&mut *tx)
+            .await?;
+            let rows: Vec<(Uuid, i32)> = done.iter().map(|s| (s.1, s.2)).collect();
+            let mut events = insert_events(&mut *tx, &rows, JobState::Running).await?;
+            for s in &done {
+                if let Some(event) = events.remove(&s.1) {
+                    out[s.0] = Some(CompletedTransition {
+                        event,
+                        cascaded: Vec::new(),
+                        attempt_run: None,
+                    });
+                }
+            }
+        }
+        // The rest (a redelivered attempt, a late or repeated report): one by one.
+        for s in starts.iter().filter(|s| !started.contains(&s.1)) {
+            out[s.0] = started_in(&mut *tx, s.1, s.2, s.3, s.4).await?;
+        }
+    }
+
+    // Successes: at this attempt and QUEUED or RUNNING -> SUCCEEDED.
+    let successes: Vec<Success<'_>> = reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match *r {
+            Report::Succeeded {
+                job_id,
+                attempt,
+                worker_id,
+                result,
+                at,
+            } => Some((i, job_id, attempt, worker_id, result, at)),
+            _ => None,
+        })
+        .collect();
+    if !successes.is_empty() {
+        let ids: Vec<Uuid> = successes.iter().map(|s| s.1).collect();
+        let attempts: Vec<i32> = successes.iter().map(|s| s.2).collect();
+        let results: Vec<&serde_json::Value> = successes.iter().map(|s| s.4).collect();
+        let ats: Vec<DateTime<Utc>> = successes.iter().map(|s| s.5).collect();
+        let finished: Vec<(Uuid, String)> = sqlx::query_as(
+            "UPDATE scheduler.jobs j SET state = 'SUCCEEDED', result = r.result, error_code = NULL, \
+               error_message = NULL, finished_at = r.at, updated_at = now() \
+             FROM unnest($1::uuid[], $2::int[], $3::jsonb[], $4::timestamptz[]) AS r(id, attempt, result, at) \
+             WHERE j.id = ANY($1) AND j.id = r.id AND j.attempt = r.attempt \
+               AND j.state IN ('QUEUED', 'RUNNING') \
+             RETURNING j.id, j.kind",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&results)
+        .bind(&ats)
+        .fetch_all(&mut *tx)
+        .await?;
+        let kinds: std::collections::HashMap<Uuid, String> = finished.into_iter().collect();
+        let done: Vec<_> = successes.iter().filter(|s| kinds.contains_key(&s.1)).collect();
+        if !done.is_empty() {
+            let ids: Vec<Uuid> = done.iter().map(|s| s.1).collect();
+            let attempts: Vec<i32> = done.iter().map(|s| s.2).collect();
+            let workers: Vec<&str> = done.iter().map(|s| s.3).collect();
+            let ats: Vec<DateTime<Utc>> = done.iter().map(|s| s.5).collect();
+            let started: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+                "INSERT INTO scheduler.attempts (job_id, attempt, worker_id, started_at, finished_at, outcome) \
+                 SELECT r.id, r.attempt, r.worker, r.at, r.at, 'SUCCEEDED' \
+                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[]) AS r(id, attempt, worker, at) \
+                 ON CONFLICT (job_id, attempt) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
+                   finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome, \
+                   error_code = NULL, error_message = NULL \
+                 RETURNING job_id, started_at",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&workers)
+            .bind(&ats)
+            .fetch_all(&mut *tx)
+            .await?;
+            let started: std::collections::HashMap<Uuid, DateTime<Utc>> = started.into_iter().collect();
+            let rows: Vec<(Uuid, i32)> = done.iter().map(|s| (s.1, s.2)).collect();
+            let mut events = insert_events(&mut *tx, &rows, JobState::Succeeded).await?;
+            // Their dependents have one dependency fewer to wait for (a success ends none).
+            sqlx::query(
+                "WITH settled AS ( \
+                   UPDATE scheduler.job_dependencies SET settled = true \
+                   WHERE depends_on = ANY($1) AND NOT settled RETURNING job_id), \
+                 counts AS (SELECT job_id, count(*) AS n FROM settled GROUP BY job_id) \
+                 UPDATE scheduler.jobs j SET pending_deps = greatest(j.pending_deps - counts.n, 0) \
+                 FROM counts WHERE j.id = counts.job_id",
+            )
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+            for s in &done {
+                if let (Some(event), Some(kind), Some(started_at)) =
+                    (events.remove(&s.1), kinds.get(&s.1), started.get(&s.1))
+                {
+                    out[s.0] = Some(CompletedTransition {
+                        event,
+                        cascaded: Vec::new(),
+                        attempt_run: Some(AttemptRun {
+                            kind: kind.clone(),
+                            started_at: *started_at,
+                        }),
+                    });
+                }
+            }
+        }
+        for s in successes.iter().filter(|s| !kinds.contains_key(&s.1)) {
+            out[s.0] = succeeded_in(&mut *tx, s.1, s.2, s.3, s.4, s.5).await?;
+        }
+    }
+    Ok(out)
+}
+
 async fn link_dependencies(tx: &mut sqlx::PgConnection, row: &JobRow, depends_on: &[Uuid]) -> Result<JobRow> {
     let mut ids = depends_on.to_vec();
     ids.sort();
@@ -1160,7 +1540,7 @@ impl Store {
         sqlx::query(
             "UPDATE scheduler.jobs j SET dispatch_seq = p.seq \
              FROM unnest($1::uuid[], $2::int[], $3::bigint[]) AS p(id, attempt, seq) \
-             WHERE j.id = p.id AND j.attempt = p.attempt",
+             WHERE j.id = ANY($1) AND j.id = p.id AND j.attempt = p.attempt",
         )
         .bind(&ids)
         .bind(&attempts)

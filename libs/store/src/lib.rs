@@ -12,8 +12,8 @@ pub use ai::{AiCall, BudgetRow, SpendRow};
 pub use auth::{ApiKeyRow, TenantUsageRow};
 pub use jobs::{
     AttemptRow, AttemptRun, ChildResult, CompletedTransition, DispatchLimits, DueJob, FeedEvent, FeedFilter,
-    JobEventRow, JobFilter, JobQuota, JobRow, NewJob, Pruned, QueueCounts, QueueRates, QuotaHit, RetentionPolicy,
-    RetryFilter,
+    JobEventRow, JobFilter, JobQuota, JobRow, NewJob, Pruned, QueueCounts, QueueRates, QuotaHit, Report,
+    RetentionPolicy, RetryFilter,
 };
 pub use media::{MediaRow, NewMedia};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -46,6 +46,12 @@ pub fn read_fixture(name: &str) -> Vec<u8> {
 /// Starts a nats-server and a PostgreSQL under `root` (folders `nats`, `postgres`) on free
 /// ports, with the `mediamesh` database created; returns them and the database URL.
 pub async fn start_servers(root: &std::path::Path) -> Result<(NatsServer, Postgres, String)> {
+    start_servers_with(root, false).await
+}
+
+/// [`start_servers`]; with `fsync`, PostgreSQL flushes every commit to disk as in production
+/// (benchmarks), instead of the tests' fsync=off.
+pub async fn start_servers_with(root: &std::path::Path, fsync: bool) -> Result<(NatsServer, Postgres, String)> {
     let nats = NatsServer::start(NatsOptions {
         bin: nats_binary(),
         dir: root.join("nats"),
@@ -57,7 +63,7 @@ pub async fn start_servers(root: &std::path::Path) -> Result<(NatsServer, Postgr
         bin_dir: None,
         dir: root.join("postgres"),
         port: None,
-        fsync: false,
+        fsync,
     })
     .await
     .context("starting PostgreSQL")?;

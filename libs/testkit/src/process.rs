@@ -170,6 +170,16 @@ impl ProcessMesh {
 
     /// Like [`ProcessMesh::launch`]; `tune` may change each process's environment first.
     pub async fn launch_with(media_workers: usize, tune: impl FnOnce(&mut ProcessEnv)) -> Result<Self> {
+        Self::launch_inner(media_workers, false, tune).await
+    }
+
+    /// Like [`ProcessMesh::launch_with`], with PostgreSQL flushing every commit to disk as in
+    /// production (benchmarks).
+    pub async fn launch_durable_with(media_workers: usize, tune: impl FnOnce(&mut ProcessEnv)) -> Result<Self> {
+        Self::launch_inner(media_workers, true, tune).await
+    }
+
+    async fn launch_inner(media_workers: usize, fsync: bool, tune: impl FnOnce(&mut ProcessEnv)) -> Result<Self> {
         init_logging();
         let bin_dir = bin_dir()?;
         let processes = {
@@ -192,7 +202,7 @@ impl ProcessMesh {
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
         let blob_dir = root.path().join("blobs");
         std::fs::create_dir_all(&blob_dir).with_context(|| format!("creating {}", blob_dir.display()))?;
-        let (nats, postgres, database_url) = crate::start_servers(root.path()).await?;
+        let (nats, postgres, database_url) = crate::start_servers_with(root.path(), fsync).await?;
         let blob_url = format!("file://{}", blob_dir.display());
         let nats_url = nats.url();
         let addr = || -> Result<String> { Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)).to_string()) };

@@ -36,6 +36,9 @@ pub struct MediaConfig {
     /// Run the test.sleep kind (fault tests only; never in production)
     #[arg(long, env = "MM_ENABLE_TEST_KINDS", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_test_kinds: bool,
+    /// Run the noop kind (benchmarks: what the queue itself costs)
+    #[arg(long, env = "MM_ENABLE_NOOP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enable_noop: bool,
     /// Time given to jobs under way to finish on shutdown
     #[arg(long, env = "MM_GRACE_MS", default_value_t = 30_000)]
     pub grace_ms: u64,
@@ -84,6 +87,7 @@ impl MediaConfig {
             max_pixels: 100_000_000,
             ack_wait_ms: 30_000,
             enable_test_kinds: false,
+            enable_noop: false,
             grace_ms: 30_000,
             health_interval_ms: 1_000,
             ffmpeg: PathBuf::from("ffmpeg"),

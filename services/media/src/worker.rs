@@ -33,6 +33,14 @@ async fn execute(
     attempt: Attempt,
 ) -> Result<serde_json::Value, Error> {
     let kind = JobKind::parse(&job.kind).map_err(|_| Error::unsupported(format!("unknown job kind {:?}", job.kind)))?;
+    if kind == JobKind::Noop {
+        if !config.enable_noop {
+            return Err(Error::unsupported(
+                "the noop kind is disabled on this worker (MM_ENABLE_NOOP)",
+            ));
+        }
+        return Ok(serde_json::json!({ "outputs": [] }));
+    }
     if kind == JobKind::TestSleep {
         if !config.enable_test_kinds {
             return Err(Error::unsupported("test kinds are disabled on this worker"));

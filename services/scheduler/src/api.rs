@@ -127,7 +127,12 @@ impl JobApi {
                 "job kind {kind} is for tests and is disabled (MM_ENABLE_TEST_KINDS)"
             )));
         }
-        if !kind.is_available() && !kind.is_test() {
+        if kind == JobKind::Noop && !self.config.enable_noop {
+            return Err(Error::unsupported(
+                "job kind noop is for benchmarks and is disabled (MM_ENABLE_NOOP)",
+            ));
+        }
+        if !kind.is_available() && !kind.is_test() && kind != JobKind::Noop {
             return Err(Error::unsupported(format!(
                 "job kind {kind} has no worker in this release"
             )));

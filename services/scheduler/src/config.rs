@@ -57,6 +57,9 @@ pub struct SchedulerConfig {
     /// Accept the test.sleep kind (fault tests only; never in production)
     #[arg(long, env = "MM_ENABLE_TEST_KINDS", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_test_kinds: bool,
+    /// Accept the noop kind (benchmarks: what the queue itself costs)
+    #[arg(long, env = "MM_ENABLE_NOOP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enable_noop: bool,
     /// SUCCEEDED jobs kept per tenant; older ones are deleted with their outputs
     #[arg(long, env = "MM_RETAIN_SUCCEEDED", default_value_t = 10_000)]
     pub retain_succeeded: u32,
@@ -113,6 +116,7 @@ impl SchedulerConfig {
             job_defaults: JobDefaults::default(),
             providers: mediamesh_gateway::ProviderArgs::default(),
             enable_test_kinds: false,
+            enable_noop: false,
             retain_succeeded: 10_000,
             retain_failed: 10_000,
             retain_cancelled: 10_000,

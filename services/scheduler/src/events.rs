@@ -1,6 +1,8 @@
 //! Applies workers' reports (stream `MM_EVENTS`) as guarded transitions, then tells live
-//! watchers. A report is acked only after its transition committed; a report that changes
-//! nothing (late, repeated, for another attempt) is acked and dropped.
+//! watchers. Reports that arrive together are applied together: up to [`BATCH`] in one
+//! transaction, one commit for the lot. A report is acked only after its transition
+//! committed; a report that changes nothing (late, repeated, for another attempt) is acked and
+//! dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use mediamesh_bus::async_nats::jetstream::AckKind;
 use mediamesh_bus::{Bus, Update, WorkerEvent};
-use mediamesh_store::{CompletedTransition, JobEventRow, Store};
+use mediamesh_store::{CompletedTransition, JobEventRow, Report, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +18,9 @@ use crate::metrics::SchedulerMetrics;
 use tracing::Instrument;
 
 use crate::SchedulerConfig;
+
+/// Reports applied in one transaction, at most.
+pub const BATCH: usize = 256;
 
 pub async fn run(
     store: Store,
@@ -34,7 +39,7 @@ pub async fn run(
                 continue;
             }
         };
-        let mut messages = match consumer.messages().await {
+        let messages = match consumer.messages().await {
             Ok(messages) => messages,
             Err(err) => {
                 tracing::warn!(error = %err, "events stream unavailable, retrying");
@@ -42,23 +47,31 @@ pub async fn run(
                 continue;
             }
         };
+        // Whatever has arrived, up to BATCH, goes in one transaction.
+        let mut batches = messages.ready_chunks(BATCH);
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => return,
-                next = messages.next() => next,
+                next = batches.next() => next,
             };
-            match next {
-                Some(Ok(message)) => {
-                    if handle(&store, &bus, &config, &metrics, message).await {
-                        // A slot or a dependency may have freed up.
-                        wake.notify_one();
+            let Some(batch) = next else { break };
+            let mut broken = false;
+            let mut ready = Vec::with_capacity(batch.len());
+            for item in batch {
+                match item {
+                    Ok(message) => ready.push(message),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "events stream error, reconnecting");
+                        broken = true;
                     }
                 }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "events stream error, reconnecting");
-                    break;
-                }
-                None => break,
+            }
+            if !ready.is_empty() && handle_batch(&store, &bus, &config, &metrics, ready).await {
+                // A slot or a dependency may have freed up.
+                wake.notify_one();
+            }
+            if broken {
+                break;
             }
         }
     }
@@ -71,39 +84,70 @@ async fn pause(shutdown: &CancellationToken, d: Duration) {
     }
 }
 
-async fn handle(
+/// Applies a batch of reports; returns whether any changed a job.
+async fn handle_batch(
     store: &Store,
     bus: &Bus,
     config: &SchedulerConfig,
     metrics: &SchedulerMetrics,
-    message: mediamesh_bus::async_nats::jetstream::Message,
+    messages: Vec<mediamesh_bus::async_nats::jetstream::Message>,
 ) -> bool {
-    let event: WorkerEvent = match serde_json::from_slice(&message.payload) {
-        Ok(event) => event,
-        Err(err) => {
-            tracing::error!(error = %err, subject = %message.subject, "dropping malformed worker event");
-            let _ = message.ack_with(AckKind::Term).await;
-            return false;
+    let mut parsed = Vec::with_capacity(messages.len());
+    for message in messages {
+        match serde_json::from_slice::<WorkerEvent>(&message.payload) {
+            Ok(event) => {
+                let span = tracing::info_span!("apply_event", job_id = %event.job_id());
+                mediamesh_bus::set_parent_from_headers(&span, message.headers.as_ref());
+                parsed.push((event, message, span));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, subject = %message.subject, "dropping malformed worker event");
+                let _ = message.ack_with(AckKind::Term).await;
+            }
         }
+    }
+    if parsed.is_empty() {
+        return false;
+    }
+    let reports: Vec<Report<'_>> = parsed.iter().map(|(event, _, _)| report(config, event)).collect();
+    let results: Vec<mediamesh_store::Result<Option<CompletedTransition>>> = match store.apply_reports(&reports).await {
+        Ok(results) => results.into_iter().map(Ok).collect(),
+        Err(err) if reports.len() > 1 => {
+            // One bad report (or a deadlock with another scheduler) must not hold up the rest.
+            tracing::debug!(error = %err, reports = reports.len(), "batch failed; applying its reports one by one");
+            let mut results = Vec::with_capacity(reports.len());
+            for report in &reports {
+                results.push(
+                    store
+                        .apply_reports(std::slice::from_ref(report))
+                        .await
+                        .map(|mut r| r.pop().flatten()),
+                );
+            }
+            results
+        }
+        Err(err) => vec![Err(err)],
     };
-    let span = tracing::info_span!("apply_event", job_id = %event.job_id());
-    mediamesh_bus::set_parent_from_headers(&span, message.headers.as_ref());
-    // Instrumented, never entered across an await: a span entered in an async fn leaks onto
-    // whatever else the thread runs meanwhile.
-    apply_and_ack(store, bus, config, metrics, &event, message)
-        .instrument(span)
-        .await
+    let mut changed = false;
+    for ((event, message, span), result) in parsed.iter().zip(results) {
+        // Instrumented, never entered across an await: a span entered in an async fn leaks
+        // onto whatever else the thread runs meanwhile.
+        changed |= conclude(bus, metrics, event, message, result)
+            .instrument(span.clone())
+            .await;
+    }
+    changed
 }
 
-async fn apply_and_ack(
-    store: &Store,
+/// Tells watchers of what a report changed and acks it, or asks for it again later.
+async fn conclude(
     bus: &Bus,
-    config: &SchedulerConfig,
     metrics: &SchedulerMetrics,
     event: &WorkerEvent,
-    message: mediamesh_bus::async_nats::jetstream::Message,
+    message: &mediamesh_bus::async_nats::jetstream::Message,
+    result: mediamesh_store::Result<Option<CompletedTransition>>,
 ) -> bool {
-    match apply(store, config, event).await {
+    match result {
         Ok(Some(transition)) => {
             for event in transition.events() {
                 tracing::info!(job_id = %event.job_id, state = %event.state, attempt = event.attempt, "job transition");
@@ -139,29 +183,33 @@ pub async fn announce(bus: &Bus, event: &JobEventRow) {
     }
 }
 
-pub async fn apply(
-    store: &Store,
-    config: &SchedulerConfig,
-    event: &WorkerEvent,
-) -> mediamesh_store::Result<Option<CompletedTransition>> {
+/// The store's form of a worker's report.
+fn report<'a>(config: &SchedulerConfig, event: &'a WorkerEvent) -> Report<'a> {
     match event {
         WorkerEvent::Started {
             job_id,
             attempt,
             worker_id,
             at,
-        } => store.mark_started(*job_id, to_i32(*attempt), worker_id, *at).await,
+        } => Report::Started {
+            job_id: *job_id,
+            attempt: to_i32(*attempt),
+            worker_id,
+            at: *at,
+        },
         WorkerEvent::Succeeded {
             job_id,
             attempt,
             worker_id,
             at,
             result,
-        } => {
-            store
-                .mark_succeeded(*job_id, to_i32(*attempt), worker_id, result, *at)
-                .await
-        }
+        } => Report::Succeeded {
+            job_id: *job_id,
+            attempt: to_i32(*attempt),
+            worker_id,
+            result,
+            at: *at,
+        },
         WorkerEvent::Failed {
             job_id,
             attempt,
@@ -170,20 +218,16 @@ pub async fn apply(
             code,
             message,
             retryable,
-        } => {
-            store
-                .mark_failed(
-                    *job_id,
-                    to_i32(*attempt),
-                    worker_id,
-                    code,
-                    message,
-                    *retryable,
-                    config.backoff(*attempt),
-                    *at,
-                )
-                .await
-        }
+        } => Report::Failed {
+            job_id: *job_id,
+            attempt: to_i32(*attempt),
+            worker_id,
+            code,
+            message,
+            retryable: *retryable,
+            backoff: config.backoff(*attempt),
+            at: *at,
+        },
     }
 }
 
