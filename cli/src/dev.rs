@@ -252,13 +252,12 @@ async fn dev_key(database_url: &str) -> Result<String> {
             store.revoke_api_key(Some(old.id), "").await?;
         }
     }
-    let secret = mediamesh_server::auth::random_secret("mm_");
-    let prefix: String = secret.chars().take(11).collect();
+    let key = mediamesh_ingest::new_api_key();
     store
-        .create_api_key(DEV_TENANT, DEV_KEY_NAME, &prefix, &mediamesh_ingest::key_hash(&secret))
+        .create_api_key(DEV_TENANT, DEV_KEY_NAME, &key.prefix, &key.hash)
         .await?;
     store.close().await;
-    Ok(secret)
+    Ok(key.secret)
 }
 
 /// Writes a secret readable by its owner only.

@@ -6,11 +6,8 @@ use mediamesh_proto::v1::admin_service_server::AdminService;
 use mediamesh_store::{ApiKeyRow, Store};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{PublicAuth, key_hash};
+use crate::auth::{PublicAuth, new_api_key};
 use crate::quota::QuotaBook;
-
-/// Characters of a key's secret kept as its prefix (after `mm_`).
-const PREFIX_CHARS: usize = 8;
 
 #[derive(Clone)]
 pub struct AdminApi {
@@ -63,11 +60,10 @@ impl AdminService for AdminApi {
         if name.len() > 200 || name.chars().any(char::is_control) {
             return Err(Error::bad_input("name: at most 200 characters, no control characters").into());
         }
-        let secret = mediamesh_server::auth::random_secret("mm_");
-        let prefix: String = secret.chars().take(3 + PREFIX_CHARS).collect();
+        let crate::auth::NewKey { secret, prefix, hash } = new_api_key();
         let row = self
             .store
-            .create_api_key(&tenant, &name, &prefix, &key_hash(&secret))
+            .create_api_key(&tenant, &name, &prefix, &hash)
             .await
             .map_err(Error::from)?;
         tracing::info!(tenant, key_id = %row.id, prefix, "API key created");

@@ -24,6 +24,23 @@ pub fn key_hash(secret: &str) -> [u8; 32] {
 /// Checked keys by hash: their tenant, their id, when checked.
 type KeyCache = HashMap<[u8; 32], (String, uuid::Uuid, Instant)>;
 
+/// Characters of a key's secret kept as its prefix (after `mm_`).
+const PREFIX_CHARS: usize = 8;
+
+/// A fresh API key: the secret (shown once), its prefix and the hash that is stored.
+pub struct NewKey {
+    pub secret: String,
+    pub prefix: String,
+    pub hash: [u8; 32],
+}
+
+pub fn new_api_key() -> NewKey {
+    let secret = mediamesh_server::auth::random_secret("mm_");
+    let prefix = secret.chars().take(3 + PREFIX_CHARS).collect();
+    let hash = key_hash(&secret);
+    NewKey { secret, prefix, hash }
+}
+
 #[derive(Clone)]
 pub struct PublicAuth {
     mode: AuthMode,

@@ -15,7 +15,7 @@ mod upload;
 use std::time::Duration;
 
 pub use admin::check_tenant;
-pub use auth::key_hash;
+pub use auth::{NewKey, new_api_key};
 pub use config::{IngestConfig, QuotaArgs};
 use mediamesh_blob::Blob;
 use mediamesh_proto::v1::admin_service_server::AdminServiceServer;
