@@ -342,7 +342,33 @@ async fn main() -> Result<()> {
 
     // 2. Submit -> start and submit -> SUCCEEDED at a fixed rate, idle workers (c=16).
     bench.reset().await?;
+    let sampler = std::env::var_os("MESH_BENCH_TRACE").map(|_| {
+        let pool = bench.store.pool().clone();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            loop {
+                let row: Result<(i64, i64, i64, i64), _> = sqlx::query_as(
+                    "SELECT count(*) FILTER (WHERE state = 'QUEUED' AND dispatched_at IS NULL), \
+                       count(*) FILTER (WHERE state = 'QUEUED' AND dispatched_at IS NOT NULL), \
+                       count(*) FILTER (WHERE state = 'RUNNING'), count(*) FILTER (WHERE state = 'SUCCEEDED') \
+                     FROM scheduler.jobs",
+                )
+                .fetch_one(&pool)
+                .await;
+                if let Ok((due, waiting, running, done)) = row {
+                    eprintln!(
+                        "{:>6} ms: due {due} waiting {waiting} running {running} succeeded {done}",
+                        t0.elapsed().as_millis()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
     let (p, achieved, _) = open_loop(&bench, args.latency_rate, args.latency_seconds, next).await?;
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
     let n = args.latency_rate as usize * args.latency_seconds as usize;
     next += n;
     bench.wait_succeeded(n, Duration::from_secs(300)).await?;

@@ -36,6 +36,10 @@ pub enum WorkerEvent {
         worker_id: String,
         at: DateTime<Utc>,
         result: serde_json::Value,
+        /// When the attempt started, on an outcome that came before any start report (a
+        /// short attempt reports once): the scheduler records the start from it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<DateTime<Utc>>,
     },
     Failed {
         job_id: Uuid,
@@ -45,10 +49,21 @@ pub enum WorkerEvent {
         code: String,
         message: String,
         retryable: bool,
+        /// As for `Succeeded`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<DateTime<Utc>>,
     },
 }
 
 impl WorkerEvent {
+    /// The start an outcome carries when no start report was sent for its attempt.
+    pub fn unreported_start(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Started { .. } => None,
+            Self::Succeeded { started_at, .. } | Self::Failed { started_at, .. } => *started_at,
+        }
+    }
+
     pub fn job_id(&self) -> Uuid {
         match self {
             Self::Started { job_id, .. } | Self::Succeeded { job_id, .. } | Self::Failed { job_id, .. } => *job_id,

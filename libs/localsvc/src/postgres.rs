@@ -208,7 +208,13 @@ impl Postgres {
         if !self.fsync {
             settings.extend(["fsync=off", "full_page_writes=off"]);
         }
-        for s in settings {
+        // Extra settings for diagnosis (benchmarks), `;`-separated: e.g.
+        // `shared_preload_libraries=pg_stat_statements;log_min_duration_statement=20`.
+        let extra = std::env::var("MM_LOCALSVC_PG_SETTINGS").unwrap_or_default();
+        for s in settings
+            .into_iter()
+            .chain(extra.split(';').map(str::trim).filter(|s| !s.is_empty()))
+        {
             cmd.arg("-c").arg(s);
         }
         cmd.current_dir(&self.dir).env("LC_ALL", "C");

@@ -116,10 +116,10 @@ const CLAIM_SQL: &str = "WITH load AS ( \
                SELECT r.id FROM ranked r LEFT JOIN load l ON l.tenant = r.tenant \
                  LEFT JOIN tenant_room t ON t.tenant = r.tenant \
                WHERE r.turn <= $3 - coalesce(l.n, 0) AND r.turn <= coalesce(t.room, r.turn) \
-               ORDER BY r.turn, r.effective DESC, r.run_at, r.id LIMIT $2) \
+               ORDER BY r.turn + coalesce(l.n, 0), r.effective DESC, r.run_at, r.id LIMIT $2) \
              UPDATE scheduler.jobs j SET attempt = j.attempt + 1, state = 'QUEUED', \
                dispatched_at = now(), dispatch_seq = NULL, updated_at = now() \
-             FROM picked WHERE j.id = picked.id \
+             WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) \
                AND j.state IN ('QUEUED', 'SCHEDULED') AND j.dispatched_at IS NULL \
              RETURNING j.id, j.tenant, j.kind, j.queue, j.media_id, j.payload, j.attempt, \
                j.timeout_ms, j.priority, j.max_attempts, NULL::bigint AS dispatch_seq, j.traceparent, \
@@ -194,25 +194,86 @@ pub struct QuotaHit {
     pub retry_after_secs: f64,
 }
 
-/// Records the tenant's running-jobs limit for the dispatcher (a row only while one is set).
-async fn sync_running_limit(tx: &mut sqlx::PgConnection, tenant: &str, running_jobs: u64) -> Result<()> {
-    if running_jobs == 0 {
-        sqlx::query("DELETE FROM scheduler.tenant_limits WHERE tenant = $1")
-            .bind(tenant)
-            .execute(&mut *tx)
-            .await?;
-    } else {
-        sqlx::query(
-            "INSERT INTO scheduler.tenant_limits (tenant, running_jobs) VALUES ($1, $2) \
-             ON CONFLICT (tenant) DO UPDATE SET running_jobs = EXCLUDED.running_jobs, updated_at = now() \
-             WHERE scheduler.tenant_limits.running_jobs <> EXCLUDED.running_jobs",
-        )
-        .bind(tenant)
-        .bind(i32::try_from(running_jobs).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
-        .await?;
+/// Inserts `jobs` (one statement for the jobs and their first events, whatever their number)
+/// and links their dependencies. A job whose idempotency key is taken comes back as the job
+/// that holds it, marked not new. In the order of `jobs`. With `running_limit` (tenant,
+/// limit), `scheduler.tenant_limits` is brought in line (0: no limit) by the same statement.
+async fn insert_jobs(
+    tx: &mut sqlx::PgConnection,
+    jobs: &[NewJob],
+    running_limit: Option<(&str, i32)>,
+) -> Result<Vec<(JobRow, bool)>> {
+    let inserted: Vec<JobRow> = sqlx::query_as(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::uuid[], \
+             $7::jsonb[], $8::int4[], $9::int8[], $10::timestamptz[], $11::text[], $12::text[], $13::text[]) \
+           WITH ORDINALITY AS t(id, tenant, kind, queue, priority, media_id, payload, max_attempts, \
+             timeout_ms, run_at, idempotency_key, on_dependency_failure, traceparent, n)), \
+         ins AS ( \
+           INSERT INTO scheduler.jobs \
+             (id, tenant, kind, queue, state, priority, media_id, payload, max_attempts, budget, \
+              timeout_ms, run_at, idempotency_key, on_dependency_failure, traceparent) \
+           SELECT id, tenant, kind, queue, CASE WHEN run_at > now() THEN 'SCHEDULED' ELSE 'QUEUED' END, \
+             priority, media_id, payload, max_attempts, max_attempts, timeout_ms, run_at, idempotency_key, \
+             on_dependency_failure, traceparent \
+           FROM input ORDER BY n \
+           ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING *), \
+         events AS ( \
+           INSERT INTO scheduler.job_events (job_id, state, attempt) \
+           SELECT ins.id, ins.state, 0 FROM ins JOIN input USING (id) ORDER BY input.n), \
+         unlimited AS ( \
+           DELETE FROM scheduler.tenant_limits WHERE tenant = $14 AND $15 = 0), \
+         limited AS ( \
+           INSERT INTO scheduler.tenant_limits (tenant, running_jobs) SELECT $14, $15 WHERE $15 > 0 \
+           ON CONFLICT (tenant) DO UPDATE SET running_jobs = EXCLUDED.running_jobs, updated_at = now() \
+           WHERE scheduler.tenant_limits.running_jobs <> EXCLUDED.running_jobs) \
+         SELECT * FROM ins",
+    )
+    .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.media_id).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.payload.clone()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.timeout_ms).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.idempotency_key.as_deref()).collect::<Vec<_>>())
+    .bind(
+        jobs.iter()
+            .map(|j| j.on_dependency_failure.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(jobs.iter().map(|j| j.traceparent.as_deref()).collect::<Vec<_>>())
+    .bind(running_limit.map(|(tenant, _)| tenant))
+    .bind(running_limit.map_or(0, |(_, limit)| limit))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut inserted: std::collections::HashMap<Uuid, JobRow> = inserted.into_iter().map(|row| (row.id, row)).collect();
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match inserted.remove(&job.id) {
+            Some(row) => {
+                let row = if job.depends_on.is_empty() {
+                    row
+                } else {
+                    link_dependencies(&mut *tx, &row, &job.depends_on).await?
+                };
+                out.push((row, true));
+            }
+            None => {
+                let existing: JobRow =
+                    sqlx::query_as("SELECT * FROM scheduler.jobs WHERE tenant = $1 AND idempotency_key = $2")
+                        .bind(&job.tenant)
+                        .bind(&job.idempotency_key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                out.push((existing, false));
+            }
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// A job claimed for dispatch: its new attempt has been committed, the message is still to send.
@@ -375,57 +436,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some(quota) = quota {
-            sync_running_limit(&mut tx, &tenant, quota.running_jobs).await?;
-        }
+        // The tenant's running-jobs limit, recorded for the dispatcher in the same statement.
+        let running_limit = quota.map(|q| (tenant.as_str(), i32::try_from(q.running_jobs).unwrap_or(i32::MAX)));
         let quota = quota.unwrap_or_default();
-        let mut out = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let inserted: Option<JobRow> = sqlx::query_as(
-                "INSERT INTO scheduler.jobs \
-                 (id, tenant, kind, queue, state, priority, media_id, payload, max_attempts, budget, \
-                  timeout_ms, run_at, idempotency_key, on_dependency_failure, traceparent) \
-                 VALUES ($1, $2, $3, $4, CASE WHEN $10 > now() THEN 'SCHEDULED' ELSE 'QUEUED' END, \
-                   $5, $6, $7, $8, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING *",
-            )
-            .bind(job.id)
-            .bind(&job.tenant)
-            .bind(&job.kind)
-            .bind(&job.queue)
-            .bind(job.priority)
-            .bind(job.media_id)
-            .bind(&job.payload)
-            .bind(job.max_attempts)
-            .bind(job.timeout_ms)
-            .bind(job.run_at)
-            .bind(&job.idempotency_key)
-            .bind(&job.on_dependency_failure)
-            .bind(&job.traceparent)
-            .fetch_optional(&mut *tx)
-            .await?;
-            match inserted {
-                Some(row) => {
-                    let state = JobState::parse(&row.state).unwrap_or(JobState::Queued);
-                    insert_event(&mut tx, row.id, state, 0).await?;
-                    let row = if job.depends_on.is_empty() {
-                        row
-                    } else {
-                        link_dependencies(&mut tx, &row, &job.depends_on).await?
-                    };
-                    out.push((row, true));
-                }
-                None => {
-                    let existing: JobRow =
-                        sqlx::query_as("SELECT * FROM scheduler.jobs WHERE tenant = $1 AND idempotency_key = $2")
-                            .bind(&job.tenant)
-                            .bind(&job.idempotency_key)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    out.push((existing, false));
-                }
-            }
-        }
+        let out = insert_jobs(&mut tx, jobs, running_limit).await?;
         if counted && out.iter().any(|(_, new)| *new) {
             for (name, limit, window) in [
                 ("jobs_per_hour", quota.jobs_per_hour, 3600.0),
@@ -588,8 +602,9 @@ impl Store {
         )
     }
 
-    /// Claims due jobs of `queue` for dispatch within `limits`. Tenants take turns (each
-    /// tenant's best job, then each tenant's second best, ...), and within a tenant the highest
+    /// Claims due jobs of `queue` for dispatch within `limits`. Tenants take turns, counting
+    /// the jobs each already has in flight (a tenant with none goes before one with three, even
+    /// when only one slot is free), and within a tenant the highest
     /// effective priority goes first: the priority plus one level per `aging_secs` waited since
     /// the job became due, so a low priority is never starved. Each claimed job's attempt is
     /// incremented and committed before it is published. Schedulers serialize on an advisory
@@ -1006,18 +1021,18 @@ async fn started_in(
     worker_id: &str,
     at: DateTime<Utc>,
 ) -> Result<Option<CompletedTransition>> {
-    let previous: Option<(i32, String)> = sqlx::query_as(
-        "WITH old AS (SELECT attempt, state FROM scheduler.jobs WHERE id = $1 FOR UPDATE) \
+    let previous: Option<(i32, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "WITH old AS (SELECT attempt, state, dispatched_at FROM scheduler.jobs WHERE id = $1 FOR UPDATE) \
          UPDATE scheduler.jobs j SET state = 'RUNNING', attempt = $2, updated_at = now() FROM old \
          WHERE j.id = $1 AND ((old.state = 'QUEUED' AND old.attempt = $2) \
            OR (old.state IN ('QUEUED', 'RUNNING') AND old.attempt < $2)) \
-         RETURNING old.attempt, old.state",
+         RETURNING old.attempt, old.state, old.dispatched_at",
     )
     .bind(job_id)
     .bind(attempt)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((previous_attempt, _)) = previous else {
+    let Some((previous_attempt, _, dispatched_at)) = previous else {
         return Ok(None);
     };
     if previous_attempt < attempt {
@@ -1030,6 +1045,23 @@ async fn started_in(
         .bind(job_id)
         .bind(attempt)
         .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        // Deliveries whose worker died before it reported anything (a short job reports its
+        // start with its outcome) are attempts all the same: on the record, as lost.
+        sqlx::query(
+            "INSERT INTO scheduler.attempts \
+               (job_id, attempt, worker_id, started_at, finished_at, outcome, error_code, error_message) \
+             SELECT $1, a, '', coalesce($4, $3), $3, 'FAILED', 'UNAVAILABLE', \
+               'its worker stopped reporting before it reported a start; the job was delivered again' \
+             FROM generate_series(greatest($5, 1), $2 - 1) AS a \
+             ON CONFLICT (job_id, attempt) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(at)
+        .bind(dispatched_at)
+        .bind(previous_attempt)
         .execute(&mut *tx)
         .await?;
     }
@@ -1218,6 +1250,18 @@ async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Resul
             _ => None,
         })
         .collect();
+    // A start and a success of the same attempt in one batch (a short job reports both at
+    // once): the job goes from QUEUED to SUCCEEDED in one update, both events written.
+    let succeeding: std::collections::HashMap<Uuid, i32> = reports
+        .iter()
+        .filter_map(|r| match *r {
+            Report::Succeeded { job_id, attempt, .. } => Some((job_id, attempt)),
+            _ => None,
+        })
+        .collect();
+    let (paired, starts): (Vec<_>, Vec<_>) = starts.into_iter().partition(|s| succeeding.get(&s.1) == Some(&s.2));
+    let paired: std::collections::HashMap<Uuid, (usize, DateTime<Utc>)> =
+        paired.into_iter().map(|s| (s.1, (s.0, s.4))).collect();
     if !starts.is_empty() {
         let ids: Vec<Uuid> = starts.iter().map(|s| s.1).collect();
         let attempts: Vec<i32> = starts.iter().map(|s| s.2).collect();
@@ -1288,18 +1332,22 @@ async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Resul
         let attempts: Vec<i32> = successes.iter().map(|s| s.2).collect();
         let results: Vec<&serde_json::Value> = successes.iter().map(|s| s.4).collect();
         let ats: Vec<DateTime<Utc>> = successes.iter().map(|s| s.5).collect();
+        let is_paired: Vec<bool> = successes.iter().map(|s| paired.contains_key(&s.1)).collect();
+        // A paired success needs the job still QUEUED (its start is applied with it).
         let finished: Vec<(Uuid, String)> = sqlx::query_as(
             "UPDATE scheduler.jobs j SET state = 'SUCCEEDED', result = r.result, error_code = NULL, \
                error_message = NULL, finished_at = r.at, updated_at = now() \
-             FROM unnest($1::uuid[], $2::int[], $3::jsonb[], $4::timestamptz[]) AS r(id, attempt, result, at) \
+             FROM unnest($1::uuid[], $2::int[], $3::jsonb[], $4::timestamptz[], $5::bool[]) \
+               AS r(id, attempt, result, at, paired) \
              WHERE j.id = ANY($1) AND j.id = r.id AND j.attempt = r.attempt \
-               AND j.state IN ('QUEUED', 'RUNNING') \
+               AND (j.state = 'QUEUED' OR (j.state = 'RUNNING' AND NOT r.paired)) \
              RETURNING j.id, j.kind",
         )
         .bind(&ids)
         .bind(&attempts)
         .bind(&results)
         .bind(&ats)
+        .bind(&is_paired)
         .fetch_all(&mut *tx)
         .await?;
         let kinds: std::collections::HashMap<Uuid, String> = finished.into_iter().collect();
@@ -1309,10 +1357,12 @@ async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Resul
             let attempts: Vec<i32> = done.iter().map(|s| s.2).collect();
             let workers: Vec<&str> = done.iter().map(|s| s.3).collect();
             let ats: Vec<DateTime<Utc>> = done.iter().map(|s| s.5).collect();
+            let starts: Vec<DateTime<Utc>> = done.iter().map(|s| paired.get(&s.1).map_or(s.5, |p| p.1)).collect();
             let started: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
                 "INSERT INTO scheduler.attempts (job_id, attempt, worker_id, started_at, finished_at, outcome) \
-                 SELECT r.id, r.attempt, r.worker, r.at, r.at, 'SUCCEEDED' \
-                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[]) AS r(id, attempt, worker, at) \
+                 SELECT r.id, r.attempt, r.worker, r.started, r.at, 'SUCCEEDED' \
+                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[]) \
+                   AS r(id, attempt, worker, at, started) \
                  ON CONFLICT (job_id, attempt) DO UPDATE SET worker_id = EXCLUDED.worker_id, \
                    finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome, \
                    error_code = NULL, error_message = NULL \
@@ -1322,9 +1372,26 @@ async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Resul
             .bind(&attempts)
             .bind(&workers)
             .bind(&ats)
+            .bind(&starts)
             .fetch_all(&mut *tx)
             .await?;
             let started: std::collections::HashMap<Uuid, DateTime<Utc>> = started.into_iter().collect();
+            // The paired ones' RUNNING events first, so that each job's history stays in order.
+            let running: Vec<(Uuid, i32)> = done
+                .iter()
+                .filter(|s| paired.contains_key(&s.1))
+                .map(|s| (s.1, s.2))
+                .collect();
+            let running_events = insert_events(&mut *tx, &running, JobState::Running).await?;
+            for (job_id, event) in running_events {
+                if let Some((index, _)) = paired.get(&job_id) {
+                    out[*index] = Some(CompletedTransition {
+                        event,
+                        cascaded: Vec::new(),
+                        attempt_run: None,
+                    });
+                }
+            }
             let rows: Vec<(Uuid, i32)> = done.iter().map(|s| (s.1, s.2)).collect();
             let mut events = insert_events(&mut *tx, &rows, JobState::Succeeded).await?;
             // Their dependents have one dependency fewer to wait for (a success ends none).
@@ -1354,7 +1421,11 @@ async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Resul
                 }
             }
         }
+        // The rest, one by one (a paired one's start first).
         for s in successes.iter().filter(|s| !kinds.contains_key(&s.1)) {
+            if let Some((index, at)) = paired.get(&s.1) {
+                out[*index] = started_in(&mut *tx, s.1, s.2, s.3, *at).await?;
+            }
             out[s.0] = succeeded_in(&mut *tx, s.1, s.2, s.3, s.4, s.5).await?;
         }
     }

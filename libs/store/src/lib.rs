@@ -61,7 +61,14 @@ impl Store {
     /// while PostgreSQL is still coming up and report NOT_SERVING until it answers).
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self> {
         let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| Error::Url(e.to_string()))?;
-        let options = options.log_statements(tracing::log::LevelFilter::Trace);
+        // Every statement is planned with its parameters and the tables as they are now. A
+        // prepared statement's cached generic plan is built from the statistics of its time:
+        // one made while `scheduler.jobs` was empty (a new deployment, a drained queue) scans
+        // the whole table on every claim and report until an ANALYZE, tens of milliseconds
+        // each once it holds thousands of jobs. Planning these statements costs less.
+        let options = options
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))

@@ -34,6 +34,10 @@ pub struct InferenceConfig {
     /// Inference jobs run at once (they mostly wait on the provider)
     #[arg(long, env = "MM_INFERENCE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
+    /// A job reports that it started only once it has run this long (0: before it runs); a
+    /// shorter job reports once, when it ends, with its start time
+    #[arg(long, env = "MM_START_REPORT_AFTER_MS", default_value_t = 50)]
+    pub start_report_after_ms: u64,
     /// Default daily AI budget per tenant in USD (0: none); `inference.budgets` overrides it
     #[arg(long, env = "MM_AI_DAILY_BUDGET_USD", default_value_t = 0.0)]
     pub daily_budget_usd: f64,
@@ -76,6 +80,7 @@ impl InferenceConfig {
             blob_url,
             providers: ProviderArgs::default(),
             concurrency: 16,
+            start_report_after_ms: 50,
             daily_budget_usd: 0.0,
             monthly_budget_usd: 0.0,
             cache: true,

@@ -91,6 +91,7 @@ pub async fn serve(config: InferenceConfig, shutdown: CancellationToken) -> Resu
         mediamesh_bus::worker::WorkerOptions {
             queue: "inference".to_owned(),
             concurrency: config.concurrency,
+            start_report_after: Duration::from_millis(config.start_report_after_ms),
             observer: Some(Arc::new(mediamesh_server::metrics::WorkerMetrics::new(&registry))),
         },
         worker_stop.clone(),

@@ -26,6 +26,10 @@ pub struct MediaConfig {
     /// Jobs run at once (0: one per CPU core)
     #[arg(long, env = "MM_WORKER_CONCURRENCY", default_value_t = 0)]
     pub worker_concurrency: usize,
+    /// A job reports that it started only once it has run this long (0: before it runs); a
+    /// shorter job reports once, when it ends, with its start time
+    #[arg(long, env = "MM_START_REPORT_AFTER_MS", default_value_t = 50)]
+    pub start_report_after_ms: u64,
     /// Largest image, in pixels, that a job will decode
     #[arg(long, env = "MM_MAX_PIXELS", default_value_t = 100_000_000)]
     pub max_pixels: u64,
@@ -84,6 +88,7 @@ impl MediaConfig {
             stream_replicas: 1,
             blob_url,
             worker_concurrency: 0,
+            start_report_after_ms: 50,
             max_pixels: 100_000_000,
             ack_wait_ms: 30_000,
             enable_test_kinds: false,

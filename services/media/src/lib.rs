@@ -67,6 +67,7 @@ pub async fn serve(config: MediaConfig, shutdown: CancellationToken) -> Result<(
         mediamesh_bus::worker::WorkerOptions {
             queue: "media".to_owned(),
             concurrency: config.concurrency(),
+            start_report_after: Duration::from_millis(config.start_report_after_ms),
             observer: Some(std::sync::Arc::new(mediamesh_server::metrics::WorkerMetrics::new(
                 &registry,
             ))),

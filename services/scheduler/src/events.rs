@@ -109,7 +109,23 @@ async fn handle_batch(
     if parsed.is_empty() {
         return false;
     }
-    let reports: Vec<Report<'_>> = parsed.iter().map(|(event, _, _)| report(config, event)).collect();
+    // An outcome that carries its start (the attempt was too short to report it) stands for
+    // two reports: the start first.
+    let mut reports: Vec<Report<'_>> = Vec::with_capacity(parsed.len() + 1);
+    let mut owner: Vec<usize> = Vec::with_capacity(parsed.len() + 1);
+    for (i, (event, _, _)) in parsed.iter().enumerate() {
+        if let Some(at) = event.unreported_start() {
+            reports.push(Report::Started {
+                job_id: event.job_id(),
+                attempt: to_i32(attempt_of(event)),
+                worker_id: worker_of(event),
+                at,
+            });
+            owner.push(i);
+        }
+        reports.push(report(config, event));
+        owner.push(i);
+    }
     let results: Vec<mediamesh_store::Result<Option<CompletedTransition>>> = match store.apply_reports(&reports).await {
         Ok(results) => results.into_iter().map(Ok).collect(),
         Err(err) if reports.len() > 1 => {
@@ -128,46 +144,72 @@ async fn handle_batch(
         }
         Err(err) => vec![Err(err)],
     };
+    let mut per_message: Vec<Vec<mediamesh_store::Result<Option<CompletedTransition>>>> =
+        parsed.iter().map(|_| Vec::new()).collect();
+    for (i, result) in owner.into_iter().zip(results) {
+        per_message[i].push(result);
+    }
     let mut changed = false;
-    for ((event, message, span), result) in parsed.iter().zip(results) {
+    for ((event, message, span), results) in parsed.iter().zip(per_message) {
         // Instrumented, never entered across an await: a span entered in an async fn leaks
         // onto whatever else the thread runs meanwhile.
-        changed |= conclude(bus, metrics, event, message, result)
+        changed |= conclude(bus, metrics, event, message, results)
             .instrument(span.clone())
             .await;
     }
     changed
 }
 
-/// Tells watchers of what a report changed and acks it, or asks for it again later.
+fn attempt_of(event: &WorkerEvent) -> u32 {
+    match event {
+        WorkerEvent::Started { attempt, .. }
+        | WorkerEvent::Succeeded { attempt, .. }
+        | WorkerEvent::Failed { attempt, .. } => *attempt,
+    }
+}
+
+fn worker_of(event: &WorkerEvent) -> &str {
+    match event {
+        WorkerEvent::Started { worker_id, .. }
+        | WorkerEvent::Succeeded { worker_id, .. }
+        | WorkerEvent::Failed { worker_id, .. } => worker_id,
+    }
+}
+
+/// Tells watchers of what a message's reports changed (a start and an outcome, or one of
+/// them) and acks it, or asks for it again later when any of them could not be applied.
 async fn conclude(
     bus: &Bus,
     metrics: &SchedulerMetrics,
     event: &WorkerEvent,
     message: &mediamesh_bus::async_nats::jetstream::Message,
-    result: mediamesh_store::Result<Option<CompletedTransition>>,
+    results: Vec<mediamesh_store::Result<Option<CompletedTransition>>>,
 ) -> bool {
-    match result {
-        Ok(Some(transition)) => {
-            for event in transition.events() {
-                tracing::info!(job_id = %event.job_id, state = %event.state, attempt = event.attempt, "job transition");
-                announce(bus, event).await;
+    let mut changed = false;
+    let mut failed = false;
+    for result in results {
+        match result {
+            Ok(Some(transition)) => {
+                for event in transition.events() {
+                    tracing::info!(job_id = %event.job_id, state = %event.state, attempt = event.attempt, "job transition");
+                    announce(bus, event).await;
+                }
+                metrics.applied(event, &transition);
+                changed = true;
             }
-            let _ = message.ack().await;
-            metrics.applied(event, &transition);
-            true
-        }
-        Ok(None) => {
-            tracing::debug!(job_id = %event.job_id(), "report changed nothing");
-            let _ = message.ack().await;
-            false
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, job_id = %event.job_id(), "applying report failed, will retry");
-            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
-            false
+            Ok(None) => tracing::debug!(job_id = %event.job_id(), "report changed nothing"),
+            Err(err) => {
+                tracing::warn!(error = %err, job_id = %event.job_id(), "applying report failed, will retry");
+                failed = true;
+            }
         }
     }
+    if failed {
+        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
+    } else {
+        let _ = message.ack().await;
+    }
+    changed
 }
 
 /// Tells live watchers of a recorded transition (core NATS, best effort: a watcher that
@@ -203,6 +245,7 @@ fn report<'a>(config: &SchedulerConfig, event: &'a WorkerEvent) -> Report<'a> {
             worker_id,
             at,
             result,
+            ..
         } => Report::Succeeded {
             job_id: *job_id,
             attempt: to_i32(*attempt),
@@ -218,6 +261,7 @@ fn report<'a>(config: &SchedulerConfig, event: &'a WorkerEvent) -> Report<'a> {
             code,
             message,
             retryable,
+            ..
         } => Report::Failed {
             job_id: *job_id,
             attempt: to_i32(*attempt),
