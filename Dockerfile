@@ -10,11 +10,11 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked \
       --bin mediamesh-ingest --bin mediamesh-scheduler --bin mediamesh-media \
-      --bin mediamesh-inference --bin meshctl \
+      --bin mediamesh-inference --bin mediamesh-console --bin meshctl \
  && mkdir -p /out \
  && cp target/release/mediamesh-ingest target/release/mediamesh-scheduler \
        target/release/mediamesh-media target/release/mediamesh-inference \
-       target/release/meshctl /out/
+       target/release/mediamesh-console target/release/meshctl /out/
 
 FROM debian:bookworm-slim AS runtime
 # ffmpeg/ffprobe run the audio and video jobs; ca-certificates for S3 and AI providers over TLS
@@ -28,6 +28,6 @@ COPY --from=build /out/ /usr/local/bin/
 USER 65532:65532
 ENV MM_LOG_FORMAT=json \
     MM_TMP_DIR=/tmp
-EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
-# No default service: run mediamesh-ingest, -scheduler, -media, -inference or meshctl.
+EXPOSE 50051 50052 50053 50054 8080 9101 9102 9103 9104
+# No default service: run mediamesh-ingest, -scheduler, -media, -inference, -console or meshctl.
 CMD ["meshctl", "--help"]

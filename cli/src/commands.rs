@@ -185,6 +185,7 @@ pub async fn run(addr: &str, output: Output, key: Option<String>, command: Comma
                     .map(parse_when)
                     .transpose()?
                     .map(mediamesh_core::to_timestamp),
+                ..Default::default()
             };
             let mut jobs = Vec::new();
             let next = loop {
@@ -284,6 +285,7 @@ pub async fn run(addr: &str, output: Output, key: Option<String>, command: Comma
                     finished_before: None,
                     limit,
                     dry_run,
+                    ..Default::default()
                 };
                 let ids = c.jobs.retry_jobs(request).await?.into_inner().job_ids;
                 print(output, &json!({ "job_ids": ids, "dry_run": dry_run }), || {

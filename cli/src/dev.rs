@@ -34,6 +34,13 @@ pub struct DevArgs {
     pub media_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:50054")]
     pub inference_addr: SocketAddr,
+    /// The web console (log in with the key in <data dir>/api-key)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub console_addr: SocketAddr,
+    /// Link a job's trace to this UI: a URL with `{trace_id}` in it (e.g. Jaeger's
+    /// http://127.0.0.1:16686/trace/{trace_id})
+    #[arg(long, env = "MM_TRACE_URL", default_value = "")]
+    pub trace_url: String,
     /// Serve Prometheus metrics, /livez and /readyz on 127.0.0.1:9101 (ingest), 9102
     /// (scheduler), 9103 (media) and 9104 (inference)
     #[arg(long)]
@@ -139,6 +146,8 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
     );
     inference.providers = args.providers.clone();
     inference.auth = auth;
+    let mut console = mediamesh_console::ConsoleConfig::new(args.console_addr, format!("http://{}", args.ingest_addr));
+    console.trace_url = args.trace_url.clone();
     if args.metrics {
         let local = |port: u16| Some(SocketAddr::from(([127, 0, 0, 1], port)));
         ingest.metrics_addr = local(9101);
@@ -155,6 +164,7 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
                 "scheduler": args.scheduler_addr.to_string(),
                 "media": args.media_addr.to_string(),
                 "inference": args.inference_addr.to_string(),
+                "console": format!("http://{}", args.console_addr),
                 "mm_addr": format!("http://{}", args.ingest_addr),
                 "nats_url": nats_url,
                 "database_url": database_url,
@@ -166,12 +176,13 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
         );
     } else {
         println!(
-            "mediamesh dev: ingest {} (MM_ADDR=http://{}), scheduler {}, media {}, inference {}\n  nats {}  postgres {}  blobs {}\n  tenant \"dev\": API key in {} (meshctl reads it), admin token in {}\n  Ctrl-C to stop",
+            "mediamesh dev: ingest {} (MM_ADDR=http://{}), scheduler {}, media {}, inference {}\n  console http://{} (log in with the API key below)\n  nats {}  postgres {}  blobs {}\n  tenant \"dev\": API key in {} (meshctl reads it), admin token in {}\n  Ctrl-C to stop",
             args.ingest_addr,
             args.ingest_addr,
             args.scheduler_addr,
             args.media_addr,
             args.inference_addr,
+            args.console_addr,
             nats_url,
             database_url,
             blob_url,
@@ -188,7 +199,7 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
             }
             r.map_err(|e| anyhow::anyhow!("{name}: {e}"))
         };
-        let (a, b, c, d) = tokio::join!(
+        let (a, b, c, d, e) = tokio::join!(
             async {
                 watch(
                     "ingest",
@@ -221,8 +232,15 @@ pub async fn run(args: DevArgs, output: crate::Output) -> Result<ExitCode> {
                         .map_err(|e| e.to_string()),
                 )
             },
+            async {
+                // The console is a convenience here: if its port is taken, the mesh runs on.
+                if let Err(err) = mediamesh_console::serve(console, shutdown.clone()).await {
+                    tracing::error!(error = %err, "console not serving (use --console-addr); the mesh runs on");
+                }
+                Ok::<(), anyhow::Error>(())
+            },
         );
-        a.and(b).and(c).and(d)
+        a.and(b).and(c).and(d).and(e)
     };
     if let Some(mut server) = postgres
         && let Err(err) = server.stop().await

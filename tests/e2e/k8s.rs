@@ -18,6 +18,8 @@ const SERVICES: [(&str, u64, u64); 4] = [
     ("media", 50053, 9103),
     ("inference", 50054, 9104),
 ];
+/// The web console's HTTP port (probes /livez and /readyz).
+const CONSOLE_PORT: u64 = 8080;
 const NAMESPACE: &str = "mediamesh";
 const NAME_LABEL: &str = "app.kubernetes.io/name";
 /// MM_GRACE_MS: the pods' termination grace period must exceed it.
@@ -405,6 +407,7 @@ fn workload_problems(docs: &[Value], problems: &mut Vec<String>) {
 }
 
 fn service_problems(docs: &[Value], problems: &mut Vec<String>) {
+    console_problems(docs, problems);
     for (service, grpc, metrics) in SERVICES {
         let Some(deployment) = get(docs, "Deployment", service) else {
             problems.push(format!("{service}: no Deployment"));
@@ -477,6 +480,37 @@ fn service_problems(docs: &[Value], problems: &mut Vec<String>) {
     }
 }
 
+/// The console: HTTP probes on its port, a Service and a PodDisruptionBudget, and the public
+/// API as its only upstream.
+fn console_problems(docs: &[Value], problems: &mut Vec<String>) {
+    let Some(deployment) = get(docs, "Deployment", "console") else {
+        problems.push("console: no Deployment".to_owned());
+        return;
+    };
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
+        if container[probe]["httpGet"]["port"] != CONSOLE_PORT || container[probe]["httpGet"]["path"] != path {
+            problems.push(format!("console: {probe} is not HTTP {path} on {CONSOLE_PORT}"));
+        }
+    }
+    if env_value(container, "MM_ADDR").as_deref() != Some("http://ingest:50051") {
+        problems.push("console: MM_ADDR is not ingest's gRPC API".to_owned());
+    }
+    let labels = &pod_labels(deployment);
+    match get(docs, "Service", "console") {
+        Some(svc)
+            if selects(&svc["spec"]["selector"], labels, false)
+                && arr(&svc["spec"]["ports"]).iter().any(|p| p["port"] == CONSOLE_PORT) => {}
+        _ => problems.push(format!("console: no Service on {CONSOLE_PORT} selecting its pods")),
+    }
+    if !of_kind(docs, "PodDisruptionBudget")
+        .into_iter()
+        .any(|p| selects(&p["spec"]["selector"], labels, true))
+    {
+        problems.push("console: no PodDisruptionBudget".to_owned());
+    }
+}
+
 /// Who may reach each pod: a default deny, then only ingest's gRPC port from anywhere, and the
 /// listed operator namespaces on their ports.
 fn network_problems(docs: &[Value], problems: &mut Vec<String>) {
@@ -520,8 +554,10 @@ fn network_problems(docs: &[Value], problems: &mut Vec<String>) {
                     match source {
                         Source::SameNamespace => {}
                         Source::Anywhere => {
-                            let ok = pod == "ingest"
-                                && ports.as_deref() == grpc_of("ingest").as_ref().map(std::slice::from_ref);
+                            // The public doors: ingest's gRPC API and the console's HTTP port.
+                            let ok = (pod == "ingest"
+                                && ports.as_deref() == grpc_of("ingest").as_ref().map(std::slice::from_ref))
+                                || (pod == "console" && ports.as_deref() == Some(&[CONSOLE_PORT][..]));
                             if ok {
                                 reachable_from_anywhere.extend(ports.iter().flatten().copied());
                             } else {
@@ -552,6 +588,11 @@ fn network_problems(docs: &[Value], problems: &mut Vec<String>) {
                     }
                 }
             }
+        }
+        if pod == "console" && !reachable_from_anywhere.contains(&CONSOLE_PORT) {
+            problems.push(format!(
+                "console: HTTP {CONSOLE_PORT} is not reachable from outside the namespace"
+            ));
         }
         if let Some((service, grpc, metrics)) = SERVICES.iter().find(|s| s.0 == pod) {
             if *service == "ingest" && !reachable_from_anywhere.contains(grpc) {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod console;
 mod control;
 mod faults;
 mod inference;

@@ -56,7 +56,7 @@ async fn submit(c: &mut Client, spec: pb::JobSpec) -> Result<pb::Job, tonic::Sta
         .unwrap())
 }
 
-async fn wait_done(jobs: &mut JobServiceClient<AuthedChannel>, id: &str) -> pb::Job {
+pub(crate) async fn wait_done(jobs: &mut JobServiceClient<AuthedChannel>, id: &str) -> pb::Job {
     let deadline = std::time::Instant::now() + JOB_DEADLINE;
     let mut stream = jobs
         .watch_job(pb::WatchJobRequest {

@@ -68,6 +68,8 @@ async fn one_upload_is_one_trace_from_the_client_through_the_scheduler_to_the_wo
     for id in &job_ids {
         let done = wait_job(&mut jobs, id, JOB_DEADLINE).await.unwrap();
         assert_eq!(done.state, pb::JobState::Succeeded as i32, "{id}: {:?}", done.error);
+        // The job names its trace (the console links it to the tracing UI).
+        assert_eq!(done.trace_id, trace_id, "{id}");
     }
 
     // Wait until every job's attempt span and the report the scheduler applied have arrived,

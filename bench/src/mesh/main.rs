@@ -260,11 +260,17 @@ fn costs(before: &BTreeMap<String, ProcStat>, after: &BTreeMap<String, ProcStat>
 
 /// Open loop: job k is sent at t0 + k / rate whatever happened to the earlier ones; its
 /// latency counts from that planned time, so a slow answer cannot hide the queue behind it.
-async fn open_loop(bench: &Bench, rate: u32, seconds: u64, from: usize) -> Result<(Percentiles, f64, usize)> {
+async fn open_loop(
+    bench: &Bench,
+    rate: u32,
+    seconds: u64,
+    from: usize,
+) -> Result<(Percentiles, f64, std::collections::BTreeMap<String, usize>)> {
     let n = rate as usize * seconds as usize;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
-    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Failed submits by their stable code and gRPC status, e.g. "UNAVAILABLE (Unavailable)".
+    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new()));
     let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
     let mut tasks = tokio::task::JoinSet::new();
     for k in 0..n {
@@ -286,8 +292,12 @@ async fn open_loop(bench: &Bench, rate: u32, seconds: u64, from: usize) -> Resul
                         l.push(ms);
                     }
                 }
-                Err(_) => {
-                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(status) => {
+                    let code = mediamesh_core::ErrorCode::from_status(&status);
+                    let key = format!("{code} ({:?})", status.code());
+                    if let Ok(mut e) = errors.lock() {
+                        *e.entry(key).or_default() += 1;
+                    }
                 }
             }
         });
@@ -295,11 +305,8 @@ async fn open_loop(bench: &Bench, rate: u32, seconds: u64, from: usize) -> Resul
     let issued = t0.elapsed().as_secs_f64();
     while tasks.join_next().await.is_some() {}
     let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    Ok((
-        Percentiles::of(&latencies),
-        n as f64 / issued,
-        errors.load(std::sync::atomic::Ordering::Relaxed),
-    ))
+    let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
+    Ok((Percentiles::of(&latencies), n as f64 / issued, errors))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -332,11 +339,26 @@ async fn main() -> Result<()> {
         bench.reset().await?;
         let (p, achieved, errors) = open_loop(&bench, rate, args.rate_seconds, next).await?;
         next += rate as usize * args.rate_seconds as usize;
+        let failed: usize = errors.values().sum();
         eprintln!(
-            "submit at {rate}/s: p50 {:.2} p95 {:.2} p99 {:.2} max {:.2} ms ({achieved:.0}/s offered, {errors} errors)",
-            p.p50, p.p95, p.p99, p.max
+            "submit at {rate}/s: p50 {:.2} p95 {:.2} p99 {:.2} max {:.2} ms ({achieved:.0}/s offered, {failed} errors{})",
+            p.p50,
+            p.p95,
+            p.p99,
+            p.max,
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(": {errors:?}")
+            }
         );
-        submit.push(json!({ "rate": rate, "achieved_rate": achieved, "errors": errors, "latency_ms": p }));
+        submit.push(json!({
+            "rate": rate,
+            "achieved_rate": achieved,
+            "errors": failed,
+            "errors_by_code": errors,
+            "latency_ms": p,
+        }));
     }
     results.insert("submit_latency".to_owned(), Value::Array(submit));
 

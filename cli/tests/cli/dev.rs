@@ -43,9 +43,9 @@ fn alive(pid: u32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_serves_all_four_and_stops_cleanly() {
+async fn dev_serves_all_four_and_the_console_and_stops_cleanly() {
     let data = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..4).map(|_| mediamesh_localsvc::free_port().unwrap()).collect();
+    let ports: Vec<u16> = (0..5).map(|_| mediamesh_localsvc::free_port().unwrap()).collect();
     let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .arg("dev")
@@ -60,6 +60,8 @@ async fn dev_serves_all_four_and_stops_cleanly() {
             &addr(2),
             "--inference-addr",
             &addr(3),
+            "--console-addr",
+            &addr(4),
         ])
         .args(["--log", "warn"])
         .env_remove("MM_NATS_URL")
@@ -90,6 +92,10 @@ async fn dev_serves_all_four_and_stops_cleanly() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // The console answers too: its login page asks for the key.
+    let login = reqwest::get(format!("http://{}/login", addr(4))).await.unwrap();
+    assert_eq!(login.status(), reqwest::StatusCode::OK);
+    assert!(login.text().await.unwrap().contains("API key"));
     let descendants = children_of(pid);
     assert!(
         descendants.len() >= 2,

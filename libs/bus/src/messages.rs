@@ -69,6 +69,22 @@ impl WorkerEvent {
             Self::Started { job_id, .. } | Self::Succeeded { job_id, .. } | Self::Failed { job_id, .. } => *job_id,
         }
     }
+
+    /// The attempt the report is about.
+    pub fn attempt(&self) -> u32 {
+        match self {
+            Self::Started { attempt, .. } | Self::Succeeded { attempt, .. } | Self::Failed { attempt, .. } => *attempt,
+        }
+    }
+
+    /// The worker that sent the report.
+    pub fn worker_id(&self) -> &str {
+        match self {
+            Self::Started { worker_id, .. } | Self::Succeeded { worker_id, .. } | Self::Failed { worker_id, .. } => {
+                worker_id
+            }
+        }
+    }
 }
 
 /// A live update for `WatchJob`, on `mm.updates.<job id>`.

@@ -30,6 +30,9 @@ pub struct JobRow {
     pub pending_deps: i32,
     pub on_dependency_failure: String,
     pub dispatch_seq: Option<i64>,
+    /// The submitter's W3C trace context (absent from queries that do not select it).
+    #[sqlx(default)]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -322,6 +325,9 @@ pub struct RetryFilter {
     pub error_code: Option<String>,
     pub finished_after: Option<DateTime<Utc>>,
     pub finished_before: Option<DateTime<Utc>>,
+    pub media_id: Option<Uuid>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
     pub limit: i64,
     pub dry_run: bool,
 }
@@ -372,6 +378,10 @@ pub struct JobFilter {
     pub after: Option<Uuid>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
+    /// Jobs whose recorded error has this code (`BAD_INPUT`, ...).
+    pub error_code: Option<String>,
+    /// Newest first: `after` then pages back in time.
+    pub newest_first: bool,
     pub limit: i64,
 }
 
@@ -525,26 +535,38 @@ impl Store {
     }
 
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRow>> {
-        Ok(sqlx::query_as(
-            "SELECT * FROM scheduler.jobs WHERE tenant = $1 \
-             AND ($2::uuid IS NULL OR media_id = $2) \
-             AND ($3::text IS NULL OR state = $3) \
-             AND ($4::text IS NULL OR kind = $4) \
-             AND ($5::uuid IS NULL OR id > $5) \
-             AND ($7::timestamptz IS NULL OR created_at >= $7) \
-             AND ($8::timestamptz IS NULL OR created_at < $8) \
-             ORDER BY id LIMIT $6",
-        )
-        .bind(&filter.tenant)
-        .bind(filter.media_id)
-        .bind(filter.state.map(JobState::as_str))
-        .bind(filter.kind.as_deref())
-        .bind(filter.after)
-        .bind(filter.limit)
-        .bind(filter.created_after)
-        .bind(filter.created_before)
-        .fetch_all(self.pool())
-        .await?)
+        // The filter, shared by both orders (a literal, so that sqlx sees static SQL).
+        macro_rules! matching {
+            () => {
+                "SELECT * FROM scheduler.jobs WHERE tenant = $1 \
+                 AND ($2::uuid IS NULL OR media_id = $2) \
+                 AND ($3::text IS NULL OR state = $3) \
+                 AND ($4::text IS NULL OR kind = $4) \
+                 AND ($7::timestamptz IS NULL OR created_at >= $7) \
+                 AND ($8::timestamptz IS NULL OR created_at < $8) \
+                 AND ($9::text IS NULL OR error_code = $9) "
+            };
+        }
+        let query: &'static str = if filter.newest_first {
+            concat!(
+                matching!(),
+                "AND ($5::uuid IS NULL OR id < $5) ORDER BY id DESC LIMIT $6"
+            )
+        } else {
+            concat!(matching!(), "AND ($5::uuid IS NULL OR id > $5) ORDER BY id LIMIT $6")
+        };
+        Ok(sqlx::query_as(query)
+            .bind(&filter.tenant)
+            .bind(filter.media_id)
+            .bind(filter.state.map(JobState::as_str))
+            .bind(filter.kind.as_deref())
+            .bind(filter.after)
+            .bind(filter.limit)
+            .bind(filter.created_after)
+            .bind(filter.created_before)
+            .bind(filter.error_code.as_deref())
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// Where a feed that starts now begins: below the oldest transaction still running,
@@ -873,6 +895,9 @@ impl Store {
                  AND ($3::text IS NULL OR kind = $3) AND ($4::text IS NULL OR error_code = $4) \
                  AND ($5::timestamptz IS NULL OR finished_at >= $5) \
                  AND ($6::timestamptz IS NULL OR finished_at < $6) \
+                 AND ($8::uuid IS NULL OR media_id = $8) \
+                 AND ($9::timestamptz IS NULL OR created_at >= $9) \
+                 AND ($10::timestamptz IS NULL OR created_at < $10) \
                  ORDER BY finished_at, id LIMIT $7"
             };
         }
@@ -897,6 +922,9 @@ impl Store {
             .bind(filter.finished_after)
             .bind(filter.finished_before)
             .bind(filter.limit)
+            .bind(filter.media_id)
+            .bind(filter.created_after)
+            .bind(filter.created_before)
             .fetch_all(&mut *tx)
             .await?;
         let mut out = Vec::with_capacity(ids.len());

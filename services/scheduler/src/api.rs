@@ -261,6 +261,8 @@ impl JobService for JobApi {
             page_token,
             created_after,
             created_before,
+            error_code,
+            newest_first,
         } = request.into_inner();
         let limit = match page_size {
             0 => 100,
@@ -288,6 +290,8 @@ impl JobService for JobApi {
             },
             created_after: time_filter("created_after", created_after.as_ref())?,
             created_before: time_filter("created_before", created_before.as_ref())?,
+            error_code: error_code_filter(error_code)?,
+            newest_first,
             limit,
         };
         let rows = self.store.list_jobs(&filter).await.map_err(Error::from)?;
@@ -585,17 +589,16 @@ impl JobService for JobApi {
             finished_before,
             limit,
             dry_run,
+            media_id,
+            created_after,
+            created_before,
         } = request.into_inner();
         let state = match pb::JobState::try_from(state) {
             Ok(pb::JobState::Unspecified | pb::JobState::Failed) => JobState::Failed,
             Ok(pb::JobState::Cancelled) => JobState::Cancelled,
             _ => return Err(Error::bad_input("state must be FAILED or CANCELLED").into()),
         };
-        let error_code = match pb::ErrorCode::try_from(error_code) {
-            Ok(pb::ErrorCode::Unspecified) => None,
-            Ok(code) => Some(ErrorCode::try_from(code)?.as_str().to_owned()),
-            Err(_) => return Err(Error::bad_input(format!("unknown error_code {error_code}")).into()),
-        };
+        let error_code = error_code_filter(error_code)?;
         let time = |ts: Option<prost_types::Timestamp>, name: &str| -> Result<_, Error> {
             ts.map(|ts| from_timestamp(&ts).ok_or_else(|| Error::bad_input(format!("{name} is not a valid time"))))
                 .transpose()
@@ -611,6 +614,13 @@ impl JobService for JobApi {
             error_code,
             finished_after: time(finished_after, "finished_after")?,
             finished_before: time(finished_before, "finished_before")?,
+            media_id: if media_id.is_empty() {
+                None
+            } else {
+                Some(parse_id("media_id", &media_id)?)
+            },
+            created_after: time_filter("created_after", created_after.as_ref())?,
+            created_before: time_filter("created_before", created_before.as_ref())?,
             limit: match limit {
                 0 => 1000,
                 1..=1000 => i64::from(limit),
@@ -696,6 +706,15 @@ fn progress_message(job_id: Uuid, attempt: u32, progress: f32, message: String) 
 }
 
 /// A time filter of a request: absent, or a valid time.
+/// An error-code filter from a request: unspecified means any.
+fn error_code_filter(code: i32) -> Result<Option<String>, Error> {
+    match pb::ErrorCode::try_from(code) {
+        Ok(pb::ErrorCode::Unspecified) => Ok(None),
+        Ok(code) => Ok(Some(ErrorCode::try_from(code)?.as_str().to_owned())),
+        Err(_) => Err(Error::bad_input(format!("unknown error_code {code}"))),
+    }
+}
+
 fn time_filter(field: &str, at: Option<&prost_types::Timestamp>) -> Result<Option<chrono::DateTime<Utc>>, Error> {
     at.map(|ts| from_timestamp(ts).ok_or_else(|| Error::bad_input(format!("{field} is not a valid time"))))
         .transpose()

@@ -82,7 +82,15 @@ pub fn job_to_proto(row: &JobRow, attempts: &[AttemptRow]) -> pb::Job {
         pending_dependencies: u32::try_from(row.pending_deps).unwrap_or(0),
         progress: 0.0,
         progress_message: String::new(),
+        trace_id: row.traceparent.as_deref().and_then(trace_id_of).unwrap_or_default(),
     }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<flags>`).
+fn trace_id_of(traceparent: &str) -> Option<String> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .then(|| id.to_ascii_lowercase())
 }
 
 fn policy_of(s: &str) -> pb::DependencyPolicy {
@@ -114,4 +122,23 @@ struct OutputJson {
     height: u32,
     #[serde(default)]
     bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id_of;
+
+    #[test]
+    fn a_trace_id_comes_from_a_valid_traceparent_only() {
+        assert_eq!(
+            trace_id_of("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_of("00-xyz-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id_of(""), None);
+    }
 }

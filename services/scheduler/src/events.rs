@@ -117,8 +117,8 @@ async fn handle_batch(
         if let Some(at) = event.unreported_start() {
             reports.push(Report::Started {
                 job_id: event.job_id(),
-                attempt: to_i32(attempt_of(event)),
-                worker_id: worker_of(event),
+                attempt: to_i32(event.attempt()),
+                worker_id: event.worker_id(),
                 at,
             });
             owner.push(i);
@@ -158,22 +158,6 @@ async fn handle_batch(
             .await;
     }
     changed
-}
-
-fn attempt_of(event: &WorkerEvent) -> u32 {
-    match event {
-        WorkerEvent::Started { attempt, .. }
-        | WorkerEvent::Succeeded { attempt, .. }
-        | WorkerEvent::Failed { attempt, .. } => *attempt,
-    }
-}
-
-fn worker_of(event: &WorkerEvent) -> &str {
-    match event {
-        WorkerEvent::Started { worker_id, .. }
-        | WorkerEvent::Succeeded { worker_id, .. }
-        | WorkerEvent::Failed { worker_id, .. } => worker_id,
-    }
 }
 
 /// Tells watchers of what a message's reports changed (a start and an outcome, or one of
