@@ -8,5 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 command -v redis-server >/dev/null || apt-get install -y -qq redis-server >/dev/null
-cargo build --release --workspace --bins
+# --all-targets: the same features as the test build (scripts/test.sh), so neither rebuilds the other.
+cargo build --release --workspace --all-targets
 exec target/release/mesh-bench "$@"

@@ -45,7 +45,18 @@ async fn prepare(work: &Path) -> Result<()> {
             .status()
             .await?;
         if !status.success() {
-            bail!("npm ci failed in {}", work.display());
+            // npm 11 refuses the peer's lock file for platform packages it lists differently
+            // ("Missing: @msgpackr-extract/...-darwin-arm64 from lock file"); package.json pins
+            // the exact versions (bullmq 6.7.0, ioredis 6.0.0), so install those instead.
+            eprintln!("mesh-bench: npm ci refused the lock file; npm install of the pinned versions");
+            let status = tokio::process::Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund"])
+                .current_dir(work)
+                .status()
+                .await?;
+            if !status.success() {
+                bail!("npm ci and npm install failed in {}", work.display());
+            }
         }
     }
     Ok(())
