@@ -168,11 +168,15 @@ pub async fn run(addr: &str, output: Output, key: Option<String>, command: Comma
             limit,
             page_token,
             all,
+            code,
+            newest,
         } => {
             let mut request = pb::ListJobsRequest {
                 media_id: media,
                 state: parse_state(state.as_deref())? as i32,
                 kind,
+                error_code: parse_code(code.as_deref())? as i32,
+                newest_first: newest,
                 page_size: limit,
                 page_token,
                 created_after: since
@@ -185,7 +189,6 @@ pub async fn run(addr: &str, output: Output, key: Option<String>, command: Comma
                     .map(parse_when)
                     .transpose()?
                     .map(mediamesh_core::to_timestamp),
-                ..Default::default()
             };
             let mut jobs = Vec::new();
             let next = loop {
@@ -264,13 +267,7 @@ pub async fn run(addr: &str, output: Output, key: Option<String>, command: Comma
                     .ok_or_else(|| anyhow!("no job"))?;
                 print(output, &json!({ "job": job_json(&job) }), || job_line(&job));
             } else {
-                let error_code = match code {
-                    None => pb::ErrorCode::Unspecified,
-                    Some(code) => {
-                        let name = format!("ERROR_CODE_{}", code.to_ascii_uppercase());
-                        pb::ErrorCode::from_str_name(&name).ok_or_else(|| anyhow!("unknown error code {code:?}"))?
-                    }
-                };
+                let error_code = parse_code(code.as_deref())?;
                 let request = pb::RetryJobsRequest {
                     state: if cancelled {
                         pb::JobState::Cancelled
@@ -390,7 +387,7 @@ pub async fn run(addr: &str, output: Output, key: Option<String>, command: Comma
             });
         }
         Command::Download { media_id, name, out } => {
-            let mut stream = c
+            let stream = c
                 .ingest
                 .download_media(pb::DownloadMediaRequest {
                     media_id: media_id.clone(),
@@ -398,16 +395,7 @@ pub async fn run(addr: &str, output: Output, key: Option<String>, command: Comma
                 })
                 .await?
                 .into_inner();
-            let mut header = None;
-            let mut data = Vec::new();
-            while let Some(part) = stream.message().await? {
-                match part.part {
-                    Some(pb::download_media_response::Part::Header(h)) => header = Some(h),
-                    Some(pb::download_media_response::Part::Chunk(chunk)) => data.extend_from_slice(&chunk),
-                    None => {}
-                }
-            }
-            let header = header.ok_or_else(|| anyhow!("download had no header"))?;
+            let (header, data) = mediamesh_proto::read_download(stream).await?;
             let ext = header
                 .content_type
                 .rsplit('/')
@@ -426,6 +414,16 @@ pub async fn run(addr: &str, output: Output, key: Option<String>, command: Comma
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A stable error code by its name (`BAD_INPUT`, `timeout`); none means any.
+fn parse_code(code: Option<&str>) -> Result<pb::ErrorCode> {
+    match code {
+        Some(code) => pb::ErrorCode::from_str_name(&format!("ERROR_CODE_{}", code.to_ascii_uppercase()))
+            .filter(|c| *c != pb::ErrorCode::Unspecified)
+            .ok_or_else(|| anyhow!("unknown error code {code:?}: see the error codes in the README")),
+        None => Ok(pb::ErrorCode::Unspecified),
+    }
 }
 
 fn parse_state(state: Option<&str>) -> Result<pb::JobState> {

@@ -90,7 +90,7 @@ pub enum Command {
     },
     /// Show a job with its attempts and result
     Get { job_id: String },
-    /// List jobs, oldest first
+    /// List jobs, oldest first (or newest first with --newest)
     List {
         #[arg(long, default_value = "")]
         media: String,
@@ -114,6 +114,12 @@ pub enum Command {
         /// Follow the page tokens to the end
         #[arg(long)]
         all: bool,
+        /// Only jobs whose error has this code (BAD_INPUT, TIMEOUT, PROVIDER_DOWN, ...)
+        #[arg(long)]
+        code: Option<String>,
+        /// Newest first (page tokens then go back in time)
+        #[arg(long)]
+        newest: bool,
     },
     /// Follow a job until it ends; with no id, a live table of all the tenant's jobs
     Watch {

@@ -212,6 +212,31 @@ async fn retry_failed_by_filter_cancel_and_stats_from_the_command_line() {
         assert_eq!(job["job"]["state"], "FAILED");
         failed.push(job["job"]["id"].as_str().unwrap().to_owned());
     }
+    // The list by error code, newest first: the two BAD_INPUT jobs, the later one on top.
+    let (code, listed) = ctl
+        .run(&["list", "--state", "failed", "--code", "bad_input", "--newest"])
+        .await;
+    assert_eq!(code, 0, "{listed}");
+    let listed: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![failed[1].as_str(), failed[0].as_str()]);
+    let (code, timeouts) = ctl.run(&["list", "--code", "TIMEOUT"]).await;
+    assert_eq!(code, 0, "{timeouts}");
+    assert_eq!(timeouts["jobs"][0]["id"], failed[2].as_str(), "{timeouts}");
+    assert_eq!(timeouts["jobs"].as_array().unwrap().len(), 1, "{timeouts}");
+    let (code, refused) = ctl.run(&["list", "--code", "NONSENSE"]).await;
+    assert_eq!(code, 1, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown error code"),
+        "{refused}"
+    );
     let (code, dry) = ctl
         .run(&[
             "retry",

@@ -449,26 +449,14 @@ pub async fn wait_job(jobs: &mut JobServiceClient<Channel>, job_id: &str, deadli
 
 /// Downloads a media's original or derivative.
 pub async fn download(client: &mut IngestServiceClient<Channel>, media_id: &str, name: &str) -> Result<Vec<u8>> {
-    let mut stream = client
+    let stream = client
         .download_media(pb::DownloadMediaRequest {
             media_id: media_id.to_owned(),
             name: name.to_owned(),
         })
         .await?
         .into_inner();
-    let mut data = Vec::new();
-    let mut header = None;
-    while let Some(part) = stream.message().await? {
-        match part.part {
-            Some(pb::download_media_response::Part::Header(h)) => header = Some(h),
-            Some(pb::download_media_response::Part::Chunk(c)) => data.extend_from_slice(&c),
-            None => {}
-        }
-    }
-    let header = header.ok_or_else(|| anyhow!("no header"))?;
-    if header.bytes != data.len() as u64 {
-        return Err(anyhow!("header says {} bytes, got {}", header.bytes, data.len()));
-    }
+    let (_, data) = mediamesh_proto::read_download(stream).await?;
     Ok(data)
 }
 
