@@ -2,7 +2,9 @@
 //! `scripts/setup.sh` installs), driven over WebDriver: log in with a key, upload a fixture
 //! photo from the page and watch its jobs reach SUCCEEDED without a reload, cancel a running
 //! job, retry a failed one and every failed job matching a filter, and check that a second
-//! tenant's key sees nothing of the first's. Each page is saved as a screenshot under
+//! tenant's key sees nothing of the first's; audio, video and AI results drawn as what they
+//! are (waveform, playable preview, transcript, tags, spend) with a traced submit linking to
+//! its trace. Each page is saved as a screenshot under
 //! `target/console-screenshots/`.
 
 use std::net::SocketAddr;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use mediamesh_proto::v1 as pb;
+use mediamesh_proto::v1::inference_service_client::InferenceServiceClient;
 use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
 use mediamesh_server::auth::AuthMode;
@@ -99,7 +102,17 @@ struct Console {
 
 impl Console {
     async fn start() -> Console {
-        let mesh = Mesh::start_with(|c| c.ingest.auth.auth = AuthMode::On).await.unwrap();
+        Console::start_with(|_| {}).await
+    }
+
+    /// The console over a mesh configured by `configure` (API keys are always on).
+    async fn start_with(configure: impl FnOnce(&mut mediamesh_testkit::Configs)) -> Console {
+        let mesh = Mesh::start_with(|c| {
+            c.ingest.auth.auth = AuthMode::On;
+            configure(c);
+        })
+        .await
+        .unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], mediamesh_testkit::free_port().unwrap()));
         let mut config = mediamesh_console::ConsoleConfig::new(
             addr,
@@ -266,6 +279,9 @@ async fn the_console_shows_a_tenants_work_live_and_acts_on_it() {
     let media_id = media_url.path().trim_start_matches("/media/").to_owned();
     let notice = texts(&browser, "p.notice").await.join(" ");
     assert!(notice.contains("Uploaded;"), "{notice}");
+    // Shown once: the notice leaves the address, so a reload does not repeat it.
+    let address = browser.current_url().await.unwrap();
+    assert!(!address.query().unwrap_or_default().contains("notice"), "{address}");
     mark_page(&browser).await;
     let states = texts(&browser, "#live tr[data-job] td:nth-child(3)").await;
     assert!(!states.is_empty(), "the upload made jobs");
@@ -628,5 +644,289 @@ async fn a_second_tenant_sees_none_of_the_firsts_work_in_the_console() {
         .await
         .unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
+    browser.close().await.unwrap();
+}
+
+/// Reads a whole output through the API, as the viewer's key.
+async fn download_as(console: &Console, key: &str, media_id: &str, name: &str) -> (pb::DownloadHeader, Vec<u8>) {
+    let stream = console
+        .ingest(key)
+        .download_media(pb::DownloadMediaRequest {
+            media_id: media_id.to_owned(),
+            name: name.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    mediamesh_proto::read_download(stream).await.unwrap()
+}
+
+/// Uploads a fixture through the API with a W3C `traceparent`, as an instrumented client would.
+async fn upload_traced(console: &Console, key: &str, fixture: &str, traceparent: &str) -> pb::UploadMediaResponse {
+    let data = mediamesh_testkit::read_fixture(fixture);
+    let mut request = tonic::Request::new(tokio_stream::iter(mediamesh_testkit::upload_parts("", fixture, &data)));
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    console.ingest(key).upload_media(request).await.unwrap().into_inner()
+}
+
+async fn js_bool(browser: &Client, script: &str) -> bool {
+    browser
+        .execute(script, vec![])
+        .await
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_draws_audio_video_and_ai_results_and_links_traces() {
+    // Spans get trace ids (nothing is exported), so a client's traceparent reaches the jobs.
+    let _telemetry = mediamesh_telemetry::init(&mediamesh_telemetry::TelemetryConfig {
+        service_name: "console-test".to_owned(),
+        log_format: mediamesh_telemetry::LogFormat::Text,
+        otlp_endpoint: None,
+        filter: None,
+    })
+    .unwrap();
+    let fake = crate::inference::fake("alpha", Some(crate::inference::KEY)).await;
+    let console = Console::start_with(|c| crate::inference::default_provider(c, &fake, crate::inference::KEY)).await;
+    let key = console.mesh.create_key("acme").await.unwrap();
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let audio = upload_traced(
+        &console,
+        &key,
+        "speech_en.wav",
+        &format!("00-{trace_id}-00f067aa0ba902b7-01"),
+    )
+    .await;
+    let video = upload_traced(
+        &console,
+        &key,
+        "synthetic_testsrc_1280x720_5s.mp4",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+    .await;
+    let photo = upload_traced(
+        &console,
+        &key,
+        "friends_by_Aitzol_Berasategi_orient6.jpg",
+        "00-0af7651916cd43dd8448eb211c80319d-b7ad6b7169203332-01",
+    )
+    .await;
+    let mut done = Vec::new();
+    for job in audio.jobs.iter().chain(&video.jobs).chain(&photo.jobs) {
+        let job = crate::tenancy::wait_done(&mut console.jobs(&key), &job.id).await;
+        assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+        done.push(job);
+    }
+    let job_of = |kind: &str| {
+        done.iter()
+            .find(|j| j.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let transcribe = job_of("inference.transcribe");
+    assert_eq!(transcribe.trace_id, trace_id, "the job carries the client's trace");
+    let audio_id = audio.media.unwrap().id;
+    let video_id = video.media.unwrap().id;
+    let photo_id = photo.media.unwrap().id;
+
+    let driver = Driver::start().await;
+    let browser = driver.browser(1280, 1400).await;
+    login(&browser, &console, &key).await;
+
+    // Audio: the waveform drawn from its peaks (one column per peak pair), its PNG, and the
+    // transcript, on the media page.
+    browser
+        .goto(&format!("{}/media/{audio_id}", console.url))
+        .await
+        .unwrap();
+    let (_, peaks) = download_as(&console, &key, &audio_id, "waveform").await;
+    let peaks: serde_json::Value = serde_json::from_slice(&peaks).unwrap();
+    let columns = browser
+        .find(Locator::Css("li.output[data-output=\"waveform\"] svg.waveform"))
+        .await
+        .expect("the waveform drawn as SVG")
+        .attr("data-columns")
+        .await
+        .unwrap();
+    assert_eq!(
+        columns.as_deref(),
+        Some(peaks["length"].to_string().as_str()),
+        "one column per peak pair of the waveform JSON"
+    );
+    let bars = browser
+        .execute(
+            "return document.querySelector('li.output[data-output=\"waveform\"] svg.waveform path') \
+               .getAttribute('d').split('M').length - 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let bars = bars.as_u64().unwrap();
+    assert!(bars > 0 && bars <= 600, "{bars} bars");
+    let png = done
+        .iter()
+        .flat_map(|j| j.result.iter().flat_map(|r| r.outputs.iter()))
+        .find(|o| o.name == "waveform_png")
+        .unwrap()
+        .clone();
+    until("the waveform PNG decoded", || {
+        js_bool(
+            &browser,
+            "const img = document.querySelector('li.output[data-output=\"waveform_png\"] img'); \
+             return !!img && img.complete && img.naturalWidth > 0;",
+        )
+    })
+    .await;
+    let width = browser
+        .execute(
+            "return document.querySelector('li.output[data-output=\"waveform_png\"] img').naturalWidth;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(width.as_u64(), Some(u64::from(png.width)));
+    let transcript = texts(&browser, "li.output[data-output=\"transcript\"] blockquote.transcript")
+        .await
+        .join(" ");
+    assert!(transcript.starts_with("transcript [alpha] of"), "{transcript:?}");
+    // The original recording plays in the page: the browser reads its length.
+    until("the original audio's metadata", || {
+        js_bool(
+            &browser,
+            "const a = document.querySelector('audio.original'); \
+             return !!a && a.readyState >= 1 && a.duration > 0;",
+        )
+    })
+    .await;
+    let seconds = browser
+        .execute("return document.querySelector('audio.original').duration;", vec![])
+        .await
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    let probed = peaks["length"].as_f64().unwrap() * peaks["samples_per_pixel"].as_f64().unwrap()
+        / peaks["sample_rate"].as_f64().unwrap();
+    assert!(
+        (seconds - probed).abs() < 0.1,
+        "{seconds} s played, {probed} s in the waveform"
+    );
+    shot(&browser, "media-audio").await;
+
+    // The transcription job's page links to its trace in the tracing UI.
+    browser
+        .goto(&format!("{}/jobs/{}", console.url, transcribe.id))
+        .await
+        .unwrap();
+    let link = format!("dl.details a[href=\"http://tracing.example/trace/{trace_id}\"]");
+    let linked = browser
+        .find(Locator::Css(&link))
+        .await
+        .expect("the trace id links to the tracing UI");
+    assert_eq!(linked.text().await.unwrap(), trace_id);
+    shot(&browser, "job-traced").await;
+
+    // Video: the preview plays in the browser (H.264/AAC, faststart) at its size and length,
+    // and the poster frame decodes.
+    browser
+        .goto(&format!("{}/media/{video_id}", console.url))
+        .await
+        .unwrap();
+    mark_page(&browser).await;
+    until("the preview playing", || {
+        js_bool(
+            &browser,
+            "const v = document.querySelector('li.output[data-output=\"preview\"] video'); \
+             if (!v || v.error) return false; \
+             if (v.paused) { v.muted = true; v.play().catch(() => {}); } \
+             return v.readyState >= 2 && v.currentTime > 0.2;",
+        )
+    })
+    .await;
+    // Live refreshes of an unchanged page leave the playing element alone.
+    let refreshed = browser
+        .execute(
+            "return document.getElementById('live').dataset.refreshed || '0';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refreshed.as_str(), Some("0"), "nothing changed, nothing was swapped");
+    let shape = browser
+        .execute(
+            "const v = document.querySelector('li.output[data-output=\"preview\"] video'); \
+             return [v.videoWidth, v.videoHeight, v.duration];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(shape[0].as_u64(), Some(1280), "{shape}");
+    assert_eq!(shape[1].as_u64(), Some(720), "{shape}");
+    let duration = shape[2].as_f64().unwrap();
+    assert!((4.5..=5.5).contains(&duration), "the 5 s fixture: {duration}");
+    until("the video thumbnail decoded", || {
+        js_bool(
+            &browser,
+            "const img = document.querySelector('li.output[data-output=\"video_thumb\"] img'); \
+             return !!img && img.complete && img.naturalWidth > 0;",
+        )
+    })
+    .await;
+    browser
+        .execute(
+            "document.querySelector('li.output[data-output=\"preview\"] video').pause(); return true;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    shot(&browser, "media-video").await;
+
+    // The photo's description: caption and tags, as the model gave them.
+    let describe = done
+        .iter()
+        .find(|j| j.kind == "inference.describe_image" && j.media_id == photo_id)
+        .unwrap();
+    let described: serde_json::Value = serde_json::from_str(&describe.result.as_ref().unwrap().metadata_json).unwrap();
+    browser
+        .goto(&format!("{}/jobs/{}", console.url, describe.id))
+        .await
+        .unwrap();
+    let caption = texts(&browser, "p.caption").await.join(" ");
+    assert_eq!(caption, described["caption"].as_str().unwrap());
+    let tags = texts(&browser, "ul.tags li").await;
+    let expected: Vec<String> = described["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(tags, expected);
+    shot(&browser, "job-described").await;
+
+    // Spend: what the API reports, by model and day.
+    let spend = InferenceServiceClient::new(console.mesh.with_key(&key))
+        .get_spend(pb::GetSpendRequest { days: 30 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(spend.today_usd > 0.0, "{spend:?}");
+    browser.goto(&format!("{}/spend", console.url)).await.unwrap();
+    let budgets = texts(&browser, "div.budget p.n").await;
+    assert_eq!(
+        budgets.first().map(String::as_str),
+        Some(format!("${:.4}", spend.today_usd).as_str()),
+        "{budgets:?}"
+    );
+    let days = browser.find_all(Locator::Css("table.spend tbody tr")).await.unwrap();
+    assert_eq!(days.len(), spend.lines.len(), "one row per day, provider and model");
+    let page = texts(&browser, "main").await.join(" ");
+    for line in &spend.lines {
+        assert!(page.contains(&line.model), "{} on the page", line.model);
+    }
+    shot(&browser, "spend-with-calls").await;
     browser.close().await.unwrap();
 }

@@ -18,9 +18,9 @@ use tonic::transport::Channel;
 use crate::{JOB_DEADLINE, as_tenant, by_kind, code_of, failed_with, finish_all, metadata, submit};
 use mediamesh_core::ErrorCode;
 
-const KEY: &str = "sk-mm-test-4f9c2e7d-SECRET";
+pub(crate) const KEY: &str = "sk-mm-test-4f9c2e7d-SECRET";
 
-async fn fake(name: &str, key: Option<&str>) -> FakeAi {
+pub(crate) async fn fake(name: &str, key: Option<&str>) -> FakeAi {
     FakeAi::start_with(Options {
         api_key: key.map(str::to_owned),
         name: name.to_owned(),
@@ -31,7 +31,7 @@ async fn fake(name: &str, key: Option<&str>) -> FakeAi {
 }
 
 /// The default provider (MM_OPENAI_*) on every service that reads it.
-fn default_provider(c: &mut Configs, fake: &FakeAi, key: &str) {
+pub(crate) fn default_provider(c: &mut Configs, fake: &FakeAi, key: &str) {
     let args = mediamesh_gateway::ProviderArgs {
         openai_api_key: Some(mediamesh_gateway::SecretArg(key.to_owned())),
         openai_base_url: Some(fake.base_url()),

@@ -3,13 +3,27 @@
 // swapped in when it differs. Everything works without this script, by reloading.
 (() => {
   "use strict";
+  // A notice ("Retried 2 jobs.") says what the last action did: shown once, it leaves the
+  // address so that a reload or a live refresh does not repeat it.
+  const here = new URL(location.href);
+  if (here.searchParams.has("notice")) {
+    here.searchParams.delete("notice");
+    history.replaceState(history.state, "", here.pathname + here.search + here.hash);
+  }
   const live = document.getElementById("live");
   const status = document.getElementById("live-status");
   if (!live || !live.dataset.events || !window.EventSource) return;
   let timer = null;
   let busy = false;
   let again = false;
-  let shown = live.innerHTML;
+  // Compared as the browser serialises them: the server's markup and the DOM's differ in
+  // spelling (attribute quoting, entities) even when nothing changed, and a needless swap would
+  // restart a playing video or audio.
+  const parse = (html) => {
+    const t = document.createElement("template");
+    t.innerHTML = html;
+    return t.innerHTML;
+  };
 
   const say = (text, state) => {
     if (!status) return;
@@ -28,9 +42,8 @@
       });
       if (response.redirected || response.status === 401) { location.reload(); return; }
       if (response.ok) {
-        const html = await response.text();
-        if (html !== shown) {
-          shown = html;
+        const html = parse(await response.text());
+        if (html !== live.innerHTML) {
           live.innerHTML = html;
           live.dataset.refreshed = String(Number(live.dataset.refreshed || "0") + 1);
         }

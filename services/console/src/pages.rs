@@ -429,7 +429,7 @@ async fn fetch_json(viewer: &Viewer, media_id: &str, outputs: &[pb::Output]) -> 
 }
 
 async fn download(viewer: &Viewer, media_id: &str, name: &str) -> Result<(pb::DownloadHeader, Vec<u8>), ConsoleError> {
-    let mut stream = viewer
+    let stream = viewer
         .ingest()
         .download_media(pb::DownloadMediaRequest {
             media_id: media_id.to_owned(),
@@ -437,16 +437,7 @@ async fn download(viewer: &Viewer, media_id: &str, name: &str) -> Result<(pb::Do
         })
         .await?
         .into_inner();
-    let mut header = None;
-    let mut data = Vec::new();
-    while let Some(message) = stream.message().await? {
-        match message.part {
-            Some(pb::download_media_response::Part::Header(h)) => header = Some(h),
-            Some(pb::download_media_response::Part::Chunk(chunk)) => data.extend_from_slice(&chunk),
-            None => {}
-        }
-    }
-    Ok((header.unwrap_or_default(), data))
+    Ok(mediamesh_proto::read_download(stream).await?)
 }
 
 pub(crate) async fn job(
@@ -630,6 +621,9 @@ pub(crate) async fn media(
         @if !media.origin_json.is_empty() { details { summary { "How it was made" } (views::json_block(&media.origin_json)) } }
         @if kind == pb::MediaKind::Image && media.bytes < 20 * 1024 * 1024 && media.derivatives.is_empty() {
             img class="original" src=(original) alt={ "Original: " (media.filename) } loading="lazy";
+        }
+        @if kind == pb::MediaKind::Audio {
+            audio class="original" controls preload="metadata" src=(original) aria-label={ "Original: " (media.filename) } {}
         }
     };
     let live = html! {
