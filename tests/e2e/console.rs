@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 /// How long the page may take to show what the mesh did.
 const UI_DEADLINE: Duration = Duration::from_secs(90);
 
-/// chromedriver on a free port, stopped (with its browsers) on drop.
+/// chromedriver on a free port, stopped with its browsers (its process group) on drop.
 struct Driver {
     child: tokio::process::Child,
     url: String,
@@ -39,8 +39,11 @@ impl Driver {
             .find(|p| p.exists())
             .expect("chromedriver is missing: scripts/setup.sh installs Debian's chromium and chromium-driver");
         let port = mediamesh_testkit::free_port().unwrap();
+        // Its own process group, so that the browsers it starts go with it even when a test
+        // panics before closing its session.
         let child = tokio::process::Command::new(binary)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -89,6 +92,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Some(pid) = self.child.id().and_then(|id| i32::try_from(id).ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.child.start_kill();
     }
 }
