@@ -36,8 +36,8 @@ mkdir -p "$OUT"/{mediamesh,vipsthumbnail-cli-c1,sharp-c1,sharp-once-c1,ref}
 step() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
 loadavg() { printf -- '  - %s (%s UTC): %s\n' "$1" "$(date -u +%H:%M:%S)" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RES/load.md"; }
 
-step "build (cargo build --release -p mediamesh-bench)"
-(cd "$ROOT" && cargo build --release -p mediamesh-bench)
+step "build (cargo build --release --workspace --all-targets: the test build's features, so nothing is rebuilt twice)"
+(cd "$ROOT" && cargo build --release --workspace --all-targets)
 # Run a private copy: others may rebuild target/release while this runs.
 BENCH=$RES/mediamesh-bench
 cp "$ROOT/target/release/mediamesh-bench" "$BENCH"

@@ -55,6 +55,10 @@ enum Cmd {
         /// Make only the derivatives with these names (default: all of ThumbOptions::default()).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Decode every bit (ThumbOptions::all_bits): what skipping the last-bit scans of
+        /// near-lossless progressive JPEGs gains.
+        #[arg(long)]
+        all_bits: bool,
         #[arg(required = true)]
         photos: Vec<PathBuf>,
     },
@@ -70,6 +74,9 @@ enum Cmd {
         workers: usize,
         #[arg(long, default_value_t = 2)]
         iters: usize,
+        /// Decode every bit (ThumbOptions::all_bits).
+        #[arg(long)]
+        all_bits: bool,
         #[arg(required = true)]
         photos: Vec<PathBuf>,
     },
@@ -78,6 +85,8 @@ enum Cmd {
     Loop {
         #[arg(long, default_value_t = 2)]
         iters: usize,
+        #[arg(long)]
+        all_bits: bool,
         #[arg(required = true)]
         photos: Vec<PathBuf>,
     },
@@ -94,12 +103,16 @@ fn main() -> Result<()> {
             no_rss,
             formats,
             only,
+            all_bits,
             photos,
         } => {
             if runs == 0 {
                 bail!("--runs must be at least 1");
             }
-            let mut opts = ThumbOptions::default();
+            let mut opts = ThumbOptions {
+                all_bits,
+                ..ThumbOptions::default()
+            };
             if !formats.is_empty() {
                 opts.formats = formats
                     .iter()
@@ -121,8 +134,17 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::ThumbsOnce { out, photo } => thumbs_once(&photo, out.as_deref()),
-        Cmd::Throughput { workers, iters, photos } => throughput(workers, iters, &photos),
-        Cmd::Loop { iters, photos } => worker_loop(iters, &photos),
+        Cmd::Throughput {
+            workers,
+            iters,
+            all_bits,
+            photos,
+        } => throughput(workers, iters, all_bits, &photos),
+        Cmd::Loop {
+            iters,
+            all_bits,
+            photos,
+        } => worker_loop(iters, all_bits, &photos),
         Cmd::Report { dir } => {
             let markdown = report::render(&dir)?;
             print!("{markdown}");
@@ -306,8 +328,11 @@ fn thumbs_once(photo: &Path, out: Option<&Path>) -> Result<()> {
     }))
 }
 
-fn worker_loop(iters: usize, photos: &[PathBuf]) -> Result<()> {
-    let opts = ThumbOptions::default();
+fn worker_loop(iters: usize, all_bits: bool, photos: &[PathBuf]) -> Result<()> {
+    let opts = ThumbOptions {
+        all_bits,
+        ..ThumbOptions::default()
+    };
     let limits = Limits::default();
     let t = timed(|| {
         let mut images = 0usize;
@@ -331,7 +356,7 @@ fn worker_loop(iters: usize, photos: &[PathBuf]) -> Result<()> {
 
 /// `workers` processes (as the peers' script runs two node processes), each over every photo
 /// `iters` times; images per second of the whole group, from the first start to the last exit.
-fn throughput(workers: usize, iters: usize, photos: &[PathBuf]) -> Result<()> {
+fn throughput(workers: usize, iters: usize, all_bits: bool, photos: &[PathBuf]) -> Result<()> {
     if workers == 0 {
         bail!("--workers must be at least 1");
     }
@@ -343,6 +368,7 @@ fn throughput(workers: usize, iters: usize, photos: &[PathBuf]) -> Result<()> {
             .arg("loop")
             .arg("--iters")
             .arg(iters.to_string())
+            .args(all_bits.then_some("--all-bits"))
             .args(photos)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -364,6 +390,7 @@ fn throughput(workers: usize, iters: usize, photos: &[PathBuf]) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     emit(&json!({
         "tool": TOOL,
+        "all_bits": all_bits,
         "workers": workers,
         "images": images,
         "img_per_s": round_to(images as f64 / secs, 2),

@@ -321,6 +321,7 @@ pub(crate) fn guard<T>(format: FormatInfo, step: impl FnOnce() -> T) -> Result<T
 const SOI: u8 = 0xD8;
 const EOI: u8 = 0xD9;
 const SOS: u8 = 0xDA;
+const DQT: u8 = 0xDB;
 
 /// Walks the JPEG marker segments up to the first start-of-scan and collects the frame header,
 /// EXIF, ICC and Adobe facts.
@@ -487,47 +488,42 @@ pub(crate) fn jpeg_is_complete(data: &[u8]) -> bool {
     }
 }
 
-/// For a progressive JPEG whose first scans carry the DC coefficients of every component, the
-/// stream cut after those scans (with an end-of-image marker appended). Decoded at 1/8 scale it
-/// gives the same picture as the whole file (the 1/8 scale uses only the DC coefficients), at a
-/// fraction of the entropy decoding. `None` when the file does not start that way.
-pub(crate) fn jpeg_dc_prefix(data: &[u8]) -> Option<Vec<u8>> {
-    let mut components: Option<u8> = None;
-    let mut covered: Vec<u8> = Vec::new();
+/// One marker segment of a JPEG: its code, where its marker starts, its payload, and where it
+/// ends (for a start of scan: after its entropy-coded data).
+struct Segment<'a> {
+    marker: u8,
+    start: usize,
+    payload: &'a [u8],
+    end: usize,
+}
+
+/// The marker segments of a JPEG after its start-of-image, up to the end-of-image marker or the
+/// first bytes that are not a segment.
+fn segments(data: &[u8]) -> impl Iterator<Item = Segment<'_>> {
     let mut pos = 2;
-    loop {
-        if *data.get(pos)? != 0xFF {
-            return None;
-        }
-        while data.get(pos) == Some(&0xFF) {
+    std::iter::from_fn(move || {
+        loop {
+            if *data.get(pos)? != 0xFF {
+                return None;
+            }
+            let start = pos;
+            while data.get(pos) == Some(&0xFF) {
+                pos += 1;
+            }
+            let marker = *data.get(pos)?;
             pos += 1;
-        }
-        let marker = *data.get(pos)?;
-        pos += 1;
-        if marker == EOI {
-            return None;
-        }
-        if matches!(marker, 0x01 | 0xD0..=0xD7) {
-            continue;
-        }
-        let len_bytes = data.get(pos..pos + 2)?;
-        let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
-        let payload = data.get(pos + 2..pos + len)?;
-        pos += len;
-        match marker {
-            0xC2 | 0xC6 | 0xCA | 0xCE => components = Some(*payload.get(5)?),
-            SOS => {
-                let count = usize::from(*payload.first()?);
-                let ids: Vec<u8> = (0..count)
-                    .map(|i| payload.get(1 + 2 * i).copied())
-                    .collect::<Option<_>>()?;
-                let spectral = payload.get(1 + 2 * count..4 + 2 * count)?;
-                let (ss, se, ah) = (spectral[0], spectral[1], spectral[2] >> 4);
-                if ss != 0 || se != 0 || ah != 0 {
-                    return None;
-                }
-                covered.extend(ids);
-                // Skip the entropy-coded data to the next real marker.
+            if marker == EOI {
+                return None;
+            }
+            if matches!(marker, 0x01 | 0xD0..=0xD7) {
+                continue;
+            }
+            let len_bytes = data.get(pos..pos + 2)?;
+            let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
+            let payload = data.get(pos + 2..pos + len)?;
+            pos += len;
+            if marker == SOS {
+                // The entropy-coded data runs to the next real marker.
                 loop {
                     pos += data.get(pos..)?.iter().position(|&b| b == 0xFF)?;
                     match *data.get(pos + 1)? {
@@ -535,15 +531,129 @@ pub(crate) fn jpeg_dc_prefix(data: &[u8]) -> Option<Vec<u8>> {
                         _ => break,
                     }
                 }
+            }
+            return Some(Segment {
+                marker,
+                start,
+                payload,
+                end: pos,
+            });
+        }
+    })
+}
+
+/// A start-of-scan header: its components, spectral band and successive approximation bits.
+struct Scan {
+    components: Vec<u8>,
+    ss: u8,
+    se: u8,
+    ah: u8,
+    al: u8,
+}
+
+impl Scan {
+    fn parse(payload: &[u8]) -> Option<Scan> {
+        let count = usize::from(*payload.first()?);
+        let components = (0..count)
+            .map(|i| payload.get(1 + 2 * i).copied())
+            .collect::<Option<_>>()?;
+        let spectral = payload.get(1 + 2 * count..4 + 2 * count)?;
+        Some(Scan {
+            components,
+            ss: spectral[0],
+            se: spectral[1],
+            ah: spectral[2] >> 4,
+            al: spectral[2] & 0x0F,
+        })
+    }
+}
+
+/// `data[..at]` with an end-of-image marker appended.
+fn cut(data: &[u8], at: usize) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(at + 2);
+    prefix.extend_from_slice(&data[..at]);
+    prefix.extend_from_slice(&[0xFF, EOI]);
+    prefix
+}
+
+/// For a progressive JPEG whose first scans carry the DC coefficients of every component, the
+/// stream cut after those scans (with an end-of-image marker appended). Decoded at 1/8 scale it
+/// gives the same picture as the whole file (the 1/8 scale uses only the DC coefficients), at a
+/// fraction of the entropy decoding. `None` when the file does not start that way.
+pub(crate) fn jpeg_dc_prefix(data: &[u8]) -> Option<Vec<u8>> {
+    let mut components: Option<u8> = None;
+    let mut covered: Vec<u8> = Vec::new();
+    for segment in segments(data) {
+        match segment.marker {
+            0xC2 | 0xC6 | 0xCA | 0xCE => components = Some(*segment.payload.get(5)?),
+            SOS => {
+                let scan = Scan::parse(segment.payload)?;
+                if scan.ss != 0 || scan.se != 0 || scan.ah != 0 {
+                    return None;
+                }
+                covered.extend(scan.components);
                 covered.sort_unstable();
                 covered.dedup();
                 if covered.len() >= usize::from(components?) {
-                    let mut prefix = data[..pos].to_vec();
-                    prefix.extend_from_slice(&[0xFF, EOI]);
-                    return Some(prefix);
+                    return Some(cut(data, segment.end));
                 }
             }
             _ => {}
         }
     }
+    None
+}
+
+/// The largest quantization step for which [`jpeg_without_last_bit`] drops the last bit.
+pub(crate) const LAST_BIT_MAX_STEP: u16 = 2;
+
+/// For a progressive JPEG of near-lossless quality (no quantization step above
+/// [`LAST_BIT_MAX_STEP`]), the stream without its trailing scans that only refine the lowest bit
+/// of coefficients (successive approximation down to bit 0), with an end-of-image marker
+/// appended. Those scans are a third of such a file and the slowest part of its decoding; what
+/// they add is at most one quantization step (≤ 2 of 255 levels per coefficient, less after a
+/// reduced decode averages it), far below what a derivative downscaled and encoded at q85
+/// keeps. `None` when the file is not like that.
+pub(crate) fn jpeg_without_last_bit(data: &[u8]) -> Option<Vec<u8>> {
+    let mut progressive = false;
+    let mut refinements_from = None;
+    for segment in segments(data) {
+        match segment.marker {
+            0xC2 | 0xC6 | 0xCA | 0xCE => progressive = true,
+            DQT if !steps_at_most(segment.payload, LAST_BIT_MAX_STEP)? => return None,
+            SOS => {
+                let scan = Scan::parse(segment.payload)?;
+                if scan.ah > 0 && scan.al == 0 {
+                    refinements_from.get_or_insert(segment.start);
+                } else {
+                    refinements_from = None;
+                }
+            }
+            _ => {}
+        }
+    }
+    if !progressive {
+        return None;
+    }
+    refinements_from.map(|at| cut(data, at))
+}
+
+/// Whether every quantization step in a DQT payload is at most `max`; `None` when malformed.
+fn steps_at_most(payload: &[u8], max: u16) -> Option<bool> {
+    let mut rest = payload;
+    while let Some((&spec, tail)) = rest.split_first() {
+        let wide = spec >> 4 == 1;
+        let size = if wide { 128 } else { 64 };
+        let table = tail.get(..size)?;
+        let fine = if wide {
+            table.chunks_exact(2).all(|b| u16::from_be_bytes([b[0], b[1]]) <= max)
+        } else {
+            table.iter().all(|&b| u16::from(b) <= max)
+        };
+        if !fine {
+            return Some(false);
+        }
+        rest = &tail[size..];
+    }
+    Some(true)
 }

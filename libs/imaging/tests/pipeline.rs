@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use image::{DynamicImage, GenericImageView, ImageFormat, Rgb, RgbImage};
 use mediamesh_core::ErrorCode;
 use mediamesh_imaging::{
-    Derivative, Fit, Limits, OutputFormat, ThumbOptions, ThumbSpec, decode_only, phash_distance, probe, thumbnails,
+    Derivative, Fit, Limits, OutputFormat, ThumbOptions, ThumbSpec, decode_only, jpeg_without_last_bit, phash_distance,
+    probe, thumbnails,
 };
 
 const KLEIBER: &str = "Kleiber_by_Lukas_Baubkus.jpg";
@@ -177,6 +178,91 @@ fn kleiber_derivatives() {
 #[test]
 fn elephants_derivatives() {
     check_photo(ELEPHANTS, [(150, 150), (800, 450), (1920, 1080)]);
+}
+
+/// Decodes a JPEG with libjpeg-turbo at `num/8` of its size.
+fn decode_scaled(data: &[u8], num: usize) -> RgbImage {
+    let mut decompressor = turbojpeg::Decompressor::new().unwrap();
+    let header = decompressor.read_header(data).unwrap();
+    let factor = turbojpeg::ScalingFactor::new(num, 8);
+    decompressor.set_scaling_factor(factor).unwrap();
+    let (width, height) = (factor.scale(header.width), factor.scale(header.height));
+    let mut pixels = vec![0u8; width * height * 3];
+    decompressor
+        .decompress(
+            data,
+            turbojpeg::Image {
+                pixels: pixels.as_mut_slice(),
+                width,
+                pitch: width * 3,
+                height,
+                format: turbojpeg::PixelFormat::RGB,
+            },
+        )
+        .unwrap();
+    RgbImage::from_raw(width as u32, height as u32, pixels).unwrap()
+}
+
+#[test]
+fn a_near_lossless_progressive_jpeg_is_decoded_without_its_last_bit() {
+    // Elephants is progressive at q100 (steps of 1 and 2): its last four scans only refine the
+    // lowest bit, and are a third of the file.
+    let full = fixture(ELEPHANTS);
+    let coarse = jpeg_without_last_bit(&full).expect("Elephants ends with last-bit refinements");
+    assert!(coarse.ends_with(&[0xFF, 0xD9]));
+    assert!(
+        coarse.len() < full.len() * 7 / 10,
+        "{} of {} bytes",
+        coarse.len(),
+        full.len()
+    );
+    // The same picture at the half scale thumbnails() decodes it at: at most a level or two
+    // anywhere, under a level on average (PSNR above 45 dB; 48.6 measured).
+    let (exact, reduced) = (decode_scaled(&full, 4), decode_scaled(&coarse, 4));
+    assert_eq!(exact.dimensions(), (2820, 1586));
+    let max = exact
+        .as_raw()
+        .iter()
+        .zip(reduced.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    let mse = exact
+        .as_raw()
+        .iter()
+        .zip(reduced.as_raw())
+        .map(|(a, b)| f64::from(a.abs_diff(*b)).powi(2))
+        .sum::<f64>()
+        / exact.as_raw().len() as f64;
+    let psnr = 10.0 * (255.0f64.powi(2) / mse.max(1e-9)).log10();
+    eprintln!("half-scale decode without the last bit: PSNR {psnr:.1} dB, max difference {max}");
+    assert!(psnr > 45.0 && max <= 8, "PSNR {psnr:.1} dB, max difference {max}");
+    let mean = mean_abs_diff(&exact, &reduced);
+    assert!(mean < 1.0, "mean difference {mean:.2} levels");
+    // The large derivative made either way: a different file (re-encoding at q85 magnifies
+    // the difference), no further from the picture: against a Lanczos resize of the exact
+    // decode, the one without the last bit is as close as the one with it.
+    let skipped = make(&full, &ThumbOptions::default());
+    let every_bit = make(
+        &full,
+        &ThumbOptions {
+            all_bits: true,
+            ..ThumbOptions::default()
+        },
+    );
+    assert_ne!(skipped[2].data, every_bit[2].data, "all_bits decodes the last bit");
+    let reference = image::imageops::resize(&exact, 1920, 1080, image::imageops::FilterType::Lanczos3);
+    let off_skipped = mean_abs_diff(&decode(&skipped[2].data).to_rgb8(), &reference);
+    let off_every_bit = mean_abs_diff(&decode(&every_bit[2].data).to_rgb8(), &reference);
+    eprintln!("large from the reference: {off_skipped:.3} levels without the last bit, {off_every_bit:.3} with it");
+    assert!(
+        off_skipped < off_every_bit * 1.01,
+        "from the reference: {off_skipped:.3} levels without the last bit, {off_every_bit:.3} with it"
+    );
+    // Coarser files, and baseline ones, are decoded whole.
+    assert!(jpeg_without_last_bit(&fixture(DRAGONFLY)).is_none(), "steps up to 36");
+    assert!(jpeg_without_last_bit(&fixture(KLEIBER)).is_none(), "baseline");
+    assert!(jpeg_without_last_bit(&coarse).is_none(), "nothing left to drop");
 }
 
 #[test]
