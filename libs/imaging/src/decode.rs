@@ -8,6 +8,7 @@ use turbojpeg::{Decompressor, PixelFormat, ScalingFactor};
 use crate::Limits;
 use crate::color;
 use crate::header::{self, ColorModel, Header};
+use mediamesh_jpegstrips::StripDecoder;
 
 /// Shrink-on-load factors tried, smallest first (libjpeg-turbo's DCT scaling). Only powers of
 /// two, as libvips uses: with 3/8 etc. (tried) the 16 MB Elephants photo loses 0.011 SSIM
@@ -36,6 +37,81 @@ pub(crate) fn decode(data: &[u8], header: &Header, factor: ScalingFactor, limits
     }
 }
 
+/// A JPEG decode is handed on in about this many strips.
+const STRIPS: usize = 8;
+
+/// The size [`decode`] and [`decode_strips`] produce: the JPEG scaled by `factor`, the other
+/// formats at full size.
+pub(crate) fn decoded_size(header: &Header, factor: ScalingFactor) -> (u32, u32) {
+    if header.format.format == ImageFormat::Jpeg {
+        let scale = |v: u32| u32::try_from(factor.scale(v as usize)).unwrap_or(u32::MAX);
+        (scale(header.width), scale(header.height))
+    } else {
+        (header.width, header.height)
+    }
+}
+
+/// Whether [`decode_strips`] decodes this image row by row.
+pub(crate) fn streams(header: &Header) -> bool {
+    header.format.format == ImageFormat::Jpeg && !is_cmyk(header)
+}
+
+/// Decodes a JPEG with RGB output (YCbCr, RGB or gray, see [`streams`]) as [`decode`] does, but
+/// row by row with libjpeg: after each strip of about an eighth of the rows `on_strip` sees it
+/// (first row, whole RGB8 rows), so that work on it can overlap the decoding of the rest.
+/// `on_strip` returning `false` stops the decode early (the rows below stay black).
+pub(crate) fn decode_strips(
+    data: &[u8],
+    header: &Header,
+    factor: ScalingFactor,
+    limits: &Limits,
+    on_strip: &mut dyn FnMut(u32, &[u8]) -> bool,
+) -> Result<RgbImage, Error> {
+    if !streams(header) {
+        return Err(Error::internal("only JPEGs with RGB output are decoded row by row"));
+    }
+    let (width, height, _) = check_jpeg(data, header, factor, limits)?;
+    let mut decoder = StripDecoder::start(data, factor).map_err(|text| jpeg_fatal(&text))?;
+    if decoder.size() != (to_u32(width)?, to_u32(height)?) {
+        return Err(Error::internal("libjpeg decodes to another size than planned"));
+    }
+    let pitch = width * 3;
+    let mut pixels = vec![0u8; pitch * height];
+    let strip_bytes = height.div_ceil(STRIPS).max(16) * pitch;
+    let mut at = 0;
+    while at < pixels.len() {
+        let end = (at + strip_bytes).min(pixels.len());
+        let read = decoder.read(&mut pixels[at..end]).map_err(|text| jpeg_fatal(&text))?;
+        if read == 0 {
+            return Err(Error::internal("libjpeg ended before the last row"));
+        }
+        let end = at + read as usize * pitch;
+        if !on_strip(to_u32(at / pitch)?, &pixels[at..end]) {
+            break;
+        }
+        at = end;
+    }
+    // Stopped early, the rows below stay black: the caller does not want them.
+    if at == pixels.len() {
+        match decoder.finish() {
+            Ok(None) => {}
+            Ok(Some(warning)) => {
+                if let Some(error) = jpeg_error_text(&warning) {
+                    return Err(error);
+                }
+            }
+            Err(text) => return Err(jpeg_fatal(&text)),
+        }
+    }
+    RgbImage::from_raw(to_u32(width)?, to_u32(height)?, pixels)
+        .ok_or_else(|| Error::internal("decoded buffer has the wrong size"))
+}
+
+/// The error for a libjpeg failure that stopped the decode.
+fn jpeg_fatal(text: &str) -> Error {
+    jpeg_error_text(text).unwrap_or_else(|| Error::bad_input(format!("JPEG is corrupt: {}", header::lower_first(text))))
+}
+
 fn too_much_memory(needed: u64, limits: &Limits) -> Error {
     Error::new(
         ErrorCode::TooLarge,
@@ -47,13 +123,20 @@ fn too_much_memory(needed: u64, limits: &Limits) -> Error {
     )
 }
 
-fn decode_jpeg(data: &[u8], header: &Header, factor: ScalingFactor, limits: &Limits) -> Result<RgbImage, Error> {
+/// The checks before a JPEG decode: complete file, and the working memory within the limit.
+/// Returns the decoded size and whether the pixels come out as CMYK.
+fn check_jpeg(
+    data: &[u8],
+    header: &Header,
+    factor: ScalingFactor,
+    limits: &Limits,
+) -> Result<(usize, usize, bool), Error> {
     if !header::jpeg_is_complete(data) {
         return Err(Error::bad_input(
             "JPEG is truncated: the end-of-image marker is missing",
         ));
     }
-    let cmyk = matches!(header.color, ColorModel::Cmyk { .. } | ColorModel::Ycck);
+    let cmyk = is_cmyk(header);
     let format = if cmyk { PixelFormat::CMYK } else { PixelFormat::RGB };
     let width = factor.scale(header.width as usize);
     let height = factor.scale(header.height as usize);
@@ -79,12 +162,20 @@ fn decode_jpeg(data: &[u8], header: &Header, factor: ScalingFactor, limits: &Lim
     if needed > limits.max_alloc_bytes {
         return Err(too_much_memory(needed, limits));
     }
+    Ok((width, height, cmyk))
+}
+
+fn is_cmyk(header: &Header) -> bool {
+    matches!(header.color, ColorModel::Cmyk { .. } | ColorModel::Ycck)
+}
+
+fn decode_jpeg(data: &[u8], header: &Header, factor: ScalingFactor, limits: &Limits) -> Result<RgbImage, Error> {
+    let (width, height, cmyk) = check_jpeg(data, header, factor, limits)?;
+    let format = if cmyk { PixelFormat::CMYK } else { PixelFormat::RGB };
 
     let internal = |e: turbojpeg::Error| Error::internal(format!("libjpeg-turbo failed: {e}"));
     let mut decompressor = Decompressor::new().map_err(internal)?;
-    decompressor
-        .read_header(data)
-        .map_err(|e| jpeg_error(&e).unwrap_or_else(|| corrupt(&e)))?;
+    decompressor.read_header(data).map_err(|e| jpeg_fatal(&message(&e)))?;
     decompressor.set_scaling_factor(factor).map_err(internal)?;
     let mut pixels = vec![0u8; width * height * format.size()];
     let image = turbojpeg::Image {
@@ -115,10 +206,6 @@ fn to_u32(v: usize) -> Result<u32, Error> {
     u32::try_from(v).map_err(|_| Error::internal("dimension overflow"))
 }
 
-fn corrupt(e: &turbojpeg::Error) -> Error {
-    Error::bad_input(format!("JPEG is corrupt: {}", message(e)))
-}
-
 fn message(e: &turbojpeg::Error) -> String {
     let text = e.to_string();
     let text = text.strip_prefix("TurboJPEG error: ").unwrap_or(&text);
@@ -129,10 +216,17 @@ fn message(e: &turbojpeg::Error) -> String {
 /// reports them as failures too): extraneous bytes before a marker, an unknown JFIF revision
 /// and similar quirks of real cameras and editors.
 fn jpeg_error(e: &turbojpeg::Error) -> Option<Error> {
-    let text = message(e);
+    jpeg_error_text(&message(e))
+}
+
+/// [`jpeg_error`] for a libjpeg message.
+fn jpeg_error_text(text: &str) -> Option<Error> {
     let lower = text.to_ascii_lowercase();
     if lower.contains("premature end of jpeg file") {
-        return Some(Error::bad_input(format!("JPEG is truncated: {text}")));
+        return Some(Error::bad_input(format!(
+            "JPEG is truncated: {}",
+            header::lower_first(text)
+        )));
     }
     const BENIGN: [&str; 6] = [
         "extraneous bytes before marker",
@@ -147,9 +241,15 @@ fn jpeg_error(e: &turbojpeg::Error) -> Option<Error> {
         return None;
     }
     if lower.contains("unsupported") || lower.contains("not supported") {
-        return Some(Error::unsupported(format!("JPEG is not supported: {text}")));
+        return Some(Error::unsupported(format!(
+            "JPEG is not supported: {}",
+            header::lower_first(text)
+        )));
     }
-    Some(Error::bad_input(format!("JPEG is corrupt: {text}")))
+    Some(Error::bad_input(format!(
+        "JPEG is corrupt: {}",
+        header::lower_first(text)
+    )))
 }
 
 /// PNG, WebP, GIF (first frame), TIFF and BMP through the `image` crate, at full size.

@@ -1,12 +1,13 @@
 //! The photo pipeline of the media service: probing and thumbnail derivatives.
 //!
 //! - [`thumbnails`] decodes once (JPEG with libjpeg-turbo and DCT shrink-on-load to the
-//!   smallest 1/2ⁿ scale that still covers every output; PNG, WebP, GIF, TIFF and BMP with the
-//!   `image` crate), converts to sRGB (CMYK/YCCK, embedded ICC profiles via moxcms), flattens
-//!   alpha onto white, resizes with fast_image_resize (Lanczos3, each output from the smallest
-//!   already made derivative that is still at least twice its size), turns each output upright
-//!   for its EXIF orientation and encodes it (JPEG 4:2:0 with libjpeg-turbo, or WebP) without
-//!   any metadata.
+//!   smallest 1/2ⁿ scale that still covers every output, row by row so that the largest output
+//!   is resized on a second thread while the decode goes on; PNG, WebP, GIF, TIFF and BMP with
+//!   the `image` crate), converts to sRGB (CMYK/YCCK, embedded ICC profiles via moxcms),
+//!   flattens alpha onto white, resizes with fast_image_resize (Lanczos3, each output from the
+//!   smallest already made derivative that is still at least twice its size), turns each output
+//!   upright for its EXIF orientation and encodes it (JPEG 4:2:0 with libjpeg-turbo, or WebP)
+//!   without any metadata.
 //! - [`probe`] reads header-level facts and EXIF without a full decode, plus a perceptual hash
 //!   and dominant colours from a tiny decode (1/8 scale for JPEG).
 //! - [`decode_only`] is the decode step of [`thumbnails`] alone (a benchmark's floor).
@@ -34,7 +35,8 @@ use turbojpeg::ScalingFactor;
 
 pub use analyze::phash_distance;
 use header::Header;
-use resize::{Plan, swaps_axes};
+use resize::{Banded, Plan, swaps_axes};
+use std::sync::mpsc;
 
 /// Share of the progress reported once the source is decoded; the derivatives share the rest.
 const DECODED_PROGRESS: f32 = 0.6;
@@ -293,8 +295,14 @@ pub fn probe(data: &[u8], limits: &Limits) -> Result<ProbeInfo, Error> {
 /// makes one derivative per (spec, format): spec-major, in the order of `opts.specs` and
 /// `opts.formats`.
 ///
-/// `progress` gets values in `0..=1`: once after the decode, then after each spec (the last
-/// call is `1.0`).
+/// A JPEG is decoded row by row on the calling thread while a helper thread resizes the largest
+/// derivative band by band, each band as soon as the source rows its filter needs are decoded,
+/// and turns the bands upright. Once the decode is done, the calling thread makes the second
+/// largest derivative while the helper encodes the largest and makes the rest (ADR 0003). Other
+/// formats are decoded whole and their derivatives made one after the other.
+///
+/// `progress` gets values in `0..=1`: once after the decode, then as derivatives are done (the
+/// last call is `1.0`).
 ///
 /// Errors: as [`probe`], plus `BadInput` for an empty box or no format, `Unsupported` for
 /// AVIF output, and `TooLarge` when the decode would need more than `limits.max_alloc_bytes`.
@@ -305,67 +313,203 @@ pub fn thumbnails(
     progress: &mut dyn FnMut(f32),
 ) -> Result<Vec<Derivative>, Error> {
     let prepared = prepare(data, opts, limits)?;
-    let source = decode_source(data, &prepared, opts, limits)?;
-    progress(DECODED_PROGRESS);
-
+    let coarse = coarse_source(data, &prepared, opts);
+    let input = coarse.as_deref().unwrap_or(data);
     let Prepared {
         header,
         orientation,
         plans,
-        ..
+        factor,
     } = prepared;
-    let to_srgb = to_srgb(&header);
-    // Largest outputs first, so smaller ones can be made from them.
+    let finisher = Finisher {
+        opts,
+        orientation,
+        to_srgb: to_srgb(&header),
+    };
+    // Largest first: smaller derivatives may be made from larger ones.
     let mut order: Vec<usize> = (0..plans.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(u64::from(plans[i].out_w) * u64::from(plans[i].out_h)));
-
-    let mut resizer = fast_image_resize::Resizer::new();
-    let mut encoders = encode::Encoders::new(opts.quality, opts.optimize_coding);
-    // Full-frame downscales of the source that later derivatives may start from.
-    let mut intermediates: Vec<RgbImage> = Vec::new();
     let mut made: Vec<Vec<Derivative>> = vec![Vec::new(); plans.len()];
-    for (done, &index) in order.iter().enumerate() {
-        let plan = &plans[index];
-        let pixels = resize::render(&mut resizer, &source, &intermediates, plan)?;
-        let oriented = resize::orient(&pixels, orientation)?;
-        let converted;
-        let image: &RgbImage = match (&to_srgb, oriented) {
-            (Some(to_srgb), oriented) => {
-                let mut image = oriented.unwrap_or_else(|| pixels.clone());
-                to_srgb.apply(&mut image)?;
-                converted = image;
-                &converted
-            }
-            (None, Some(oriented)) => {
-                converted = oriented;
-                &converted
-            }
-            (None, None) => &pixels,
-        };
-        for &format in &opts.formats {
-            made[index].push(Derivative {
-                name: opts.specs[index].name.clone(),
-                format,
-                width: image.width(),
-                height: image.height(),
-                data: encoders.encode(image, format)?,
-            });
+
+    if !decode::streams(&header) || plans.is_empty() {
+        let source = decode::decode(input, &header, factor, limits)?;
+        progress(DECODED_PROGRESS);
+        let mut encoders = finisher.encoders();
+        for (index, derivatives) in finisher.make_from(&source, &plans, &order, &mut encoders, &mut |done| {
+            let fraction = done as f32 / plans.len() as f32;
+            progress((DECODED_PROGRESS + (1.0 - DECODED_PROGRESS) * fraction).min(1.0));
+        })? {
+            made[index] = derivatives;
         }
-        if plan.is_full_frame() && plan.resamples() {
-            intermediates.push(pixels);
-        }
-        let value = if done + 1 == order.len() {
-            1.0
-        } else {
-            let fraction = (done + 1) as f32 / order.len() as f32;
-            (DECODED_PROGRESS + (1.0 - DECODED_PROGRESS) * fraction).min(1.0)
-        };
-        progress(value);
-    }
-    if plans.is_empty() {
         progress(1.0);
+        return Ok(made.into_iter().flatten().collect());
     }
+
+    let (src_w, src_h) = decode::decoded_size(&header, factor);
+    let pitch = src_w as usize * 3;
+    let largest = order[0];
+    // The calling thread makes the second largest derivative after the decode; the helper,
+    // once the largest is encoded, the rest.
+    let split = order.len().min(2);
+    let mut banded = Banded::new(&plans[largest], src_w, src_h, orientation, BANDS);
+    let stopped = || Error::internal("the resizing thread stopped");
+
+    std::thread::scope(|scope| -> Result<(), Error> {
+        let (strips, received) = mpsc::channel::<(u32, Vec<u8>)>();
+        // Strip buffers go back to the decoder once copied, so that their memory is reused.
+        let (spare, spares) = mpsc::channel::<Vec<u8>>();
+        let finisher = &finisher;
+        let (plans, order) = (&plans, &order);
+        let helper = scope.spawn(move || -> Result<Vec<(usize, Vec<Derivative>)>, Error> {
+            let mut resizer = fast_image_resize::Resizer::new();
+            // The rows decoded so far, in one piece, as the resizer reads them.
+            let mut source = vec![0u8; pitch * src_h as usize];
+            let mut rows = 0;
+            for (first, strip) in received {
+                let at = first as usize * pitch;
+                source
+                    .get_mut(at..at + strip.len())
+                    .ok_or_else(|| Error::internal("strip past the end of the image"))?
+                    .copy_from_slice(&strip);
+                rows = first + u32::try_from(strip.len() / pitch.max(1)).unwrap_or(0);
+                let _ = spare.send(strip);
+                banded.advance(&mut resizer, &source, rows)?;
+            }
+            if rows < src_h {
+                // The decode failed, and says why.
+                return Ok(Vec::new());
+            }
+            let mut encoders = finisher.encoders();
+            let mut made = vec![(largest, finisher.encode(&banded.finish()?, largest, &mut encoders)?)];
+            let source = RgbImage::from_raw(src_w, src_h, source)
+                .ok_or_else(|| Error::internal("decoded buffer has the wrong size"))?;
+            made.extend(finisher.make_from(&source, plans, &order[split..], &mut encoders, &mut |_| {})?);
+            Ok(made)
+        });
+        // A failed helper closes the channel, which stops the decode.
+        let decoded = decode::decode_strips(input, &header, factor, limits, &mut |first, rows| {
+            let mut strip = spares.try_recv().unwrap_or_default();
+            strip.clear();
+            strip.extend_from_slice(rows);
+            strips.send((first, strip)).is_ok()
+        });
+        drop(strips);
+        let source = match decoded {
+            Ok(source) => source,
+            Err(error) => {
+                let _ = helper.join();
+                return Err(error);
+            }
+        };
+        progress(DECODED_PROGRESS);
+        let mut encoders = finisher.encoders();
+        let others = finisher.make_from(&source, plans, &order[1..split], &mut encoders, &mut |done| {
+            let fraction = done as f32 / plans.len() as f32;
+            progress((DECODED_PROGRESS + (1.0 - DECODED_PROGRESS) * fraction).min(1.0));
+        });
+        let others = match others {
+            Ok(others) => others,
+            Err(error) => {
+                let _ = helper.join();
+                return Err(error);
+            }
+        };
+        let theirs = match helper.join() {
+            Ok(Ok(theirs)) if !theirs.is_empty() => theirs,
+            Ok(Ok(_)) | Err(_) => return Err(stopped()),
+            Ok(Err(error)) => return Err(error),
+        };
+        for (index, derivatives) in theirs {
+            made[index] = derivatives;
+        }
+        for (index, derivatives) in others {
+            made[index] = derivatives;
+        }
+        Ok(())
+    })?;
+    progress(1.0);
     Ok(made.into_iter().flatten().collect())
+}
+
+/// About how many resize calls the largest derivative of a JPEG gets while the JPEG decodes
+/// (each computes the filter weights of a row anew; more calls leave less to do once the decode
+/// ends).
+const BANDS: u32 = 6;
+
+/// What turns resized pixels into a derivative's files: orientation, sRGB, encoding.
+struct Finisher<'a> {
+    opts: &'a ThumbOptions,
+    orientation: u32,
+    to_srgb: Option<color::ToSrgb>,
+}
+
+impl Finisher<'_> {
+    fn encoders(&self) -> encode::Encoders {
+        encode::Encoders::new(self.opts.quality, self.opts.optimize_coding)
+    }
+
+    /// Derivative `index`, already upright, in sRGB, in every asked format.
+    fn encode(
+        &self,
+        image: &RgbImage,
+        index: usize,
+        encoders: &mut encode::Encoders,
+    ) -> Result<Vec<Derivative>, Error> {
+        let converted;
+        let image = match &self.to_srgb {
+            Some(to_srgb) => {
+                let mut copy = image.clone();
+                to_srgb.apply(&mut copy)?;
+                converted = copy;
+                &converted
+            }
+            None => image,
+        };
+        let name = &self.opts.specs[index].name;
+        self.opts
+            .formats
+            .iter()
+            .map(|&format| {
+                Ok(Derivative {
+                    name: name.clone(),
+                    format,
+                    width: image.width(),
+                    height: image.height(),
+                    data: encoders.encode(image, format)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The derivatives `order` (largest first) made from the whole decoded `source`, one after
+    /// the other, each from the smallest already made full-frame derivative still at least twice
+    /// its size; `done` gets the count after each.
+    fn make_from(
+        &self,
+        source: &RgbImage,
+        plans: &[Plan],
+        order: &[usize],
+        encoders: &mut encode::Encoders,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<(usize, Vec<Derivative>)>, Error> {
+        let mut resizer = fast_image_resize::Resizer::new();
+        let mut intermediates: Vec<RgbImage> = Vec::new();
+        let mut made = Vec::with_capacity(order.len());
+        for (count, &index) in order.iter().enumerate() {
+            let plan = &plans[index];
+            let pixels = resize::render(&mut resizer, source, &intermediates, plan)?;
+            let upright = resize::orient(&pixels, self.orientation)?;
+            made.push((
+                index,
+                self.encode(upright.as_ref().unwrap_or(&pixels), index, encoders)?,
+            ));
+            if plan.is_full_frame() && plan.resamples() {
+                intermediates.push(pixels);
+            }
+            done(count + 1);
+        }
+        Ok(made)
+    }
 }
 
 /// For a progressive JPEG of near-lossless quality (no quantization step above 2), the stream
@@ -387,18 +531,24 @@ pub fn decode_only(data: &[u8], opts: &ThumbOptions, limits: &Limits) -> Result<
 /// The decode [`thumbnails`] starts from: at the planned scale, and for a reduced decode of a
 /// near-lossless progressive JPEG without its last-bit scans (unless `opts.all_bits`).
 fn decode_source(data: &[u8], prepared: &Prepared, opts: &ThumbOptions, limits: &Limits) -> Result<RgbImage, Error> {
-    let reduced = prepared.factor.num() < prepared.factor.denom();
-    let coarse = if reduced && prepared.header.progressive && !opts.all_bits && header::jpeg_is_complete(data) {
-        header::jpeg_without_last_bit(data)
-    } else {
-        None
-    };
+    let coarse = coarse_source(data, prepared, opts);
     decode::decode(
         coarse.as_deref().unwrap_or(data),
         &prepared.header,
         prepared.factor,
         limits,
     )
+}
+
+/// For a reduced decode of a near-lossless progressive JPEG (unless `opts.all_bits`), the file
+/// without its last-bit scans (ADR 0002).
+fn coarse_source(data: &[u8], prepared: &Prepared, opts: &ThumbOptions) -> Option<Vec<u8>> {
+    let reduced = prepared.factor.num() < prepared.factor.denom();
+    if reduced && prepared.header.progressive && !opts.all_bits && header::jpeg_is_complete(data) {
+        header::jpeg_without_last_bit(data)
+    } else {
+        None
+    }
 }
 
 /// What is known before the decode.

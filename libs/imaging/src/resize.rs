@@ -1,7 +1,9 @@
 //! Resize plans (cover/inside boxes, never enlarging), SIMD Lanczos3 resizing with
-//! fast_image_resize from the best available source, and EXIF orientation of the outputs.
+//! fast_image_resize in two passes (the horizontal one on strips of rows while the source is
+//! still decoding), and EXIF orientation of the outputs.
 
-use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::images::ImageRef;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 use mediamesh_core::Error;
 
@@ -145,6 +147,134 @@ fn to_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
+/// A derivative made band by band while its source is still being decoded: a band of output
+/// rows is resized as soon as every source row its Lanczos3 window reaches is in, and turned
+/// upright into its place in the output. Each band is computed exactly as in a resize of the
+/// whole image (fast_image_resize clips the windows at the image, not at the crop box).
+pub(crate) struct Banded {
+    /// The plan's region in decoded pixels (stored orientation).
+    left: f64,
+    top: f64,
+    width: f64,
+    height: f64,
+    out_w: u32,
+    out_h: u32,
+    src_w: u32,
+    src_h: u32,
+    orientation: u32,
+    /// Output rows (stored orientation) done so far.
+    done: u32,
+    /// Fewest new output rows worth a resize call before the last one (each call computes
+    /// the horizontal filter weights anew).
+    min_band: u32,
+    /// The output, upright.
+    upright: RgbImage,
+}
+
+impl Banded {
+    /// `bands`: about how many resize calls to make while the source decodes.
+    pub(crate) fn new(plan: &Plan, src_w: u32, src_h: u32, orientation: u32, bands: u32) -> Self {
+        let (left, top, width, height) = plan.region_in(src_w, src_h);
+        let (up_w, up_h) = if swaps_axes(orientation) {
+            (plan.out_h, plan.out_w)
+        } else {
+            (plan.out_w, plan.out_h)
+        };
+        Self {
+            left,
+            top,
+            width,
+            height,
+            out_w: plan.out_w,
+            out_h: plan.out_h,
+            src_w,
+            src_h,
+            orientation,
+            done: 0,
+            min_band: plan.out_h.div_ceil(bands.max(1)).max(8),
+            upright: RgbImage::new(up_w, up_h),
+        }
+    }
+
+    /// Resizes the output rows whose windows lie within the first `rows` source rows, in
+    /// `source` (whole RGB8 rows; at least `rows` of them), if they are enough for a band or
+    /// the source is complete.
+    pub(crate) fn advance(&mut self, resizer: &mut Resizer, source: &[u8], rows: u32) -> Result<(), Error> {
+        let end = if rows >= self.src_h {
+            self.out_h
+        } else {
+            let scale = self.height / f64::from(self.out_h);
+            let radius = 3.0 * scale.max(1.0);
+            // Output row j reads source rows below top + (j + 0.5)·scale + radius.
+            let last = ((f64::from(rows) - radius - self.top) / scale - 0.5).floor();
+            if last < 0.0 {
+                return Ok(());
+            }
+            (last as u32 + 1).min(self.out_h)
+        };
+        if end <= self.done || (end < self.out_h && end - self.done < self.min_band) {
+            return Ok(());
+        }
+        let band_h = end - self.done;
+        let rows = rows.min(self.src_h);
+        let bytes = self.src_w as usize * 3 * rows as usize;
+        let view = source
+            .get(..bytes)
+            .ok_or_else(|| Error::internal("fewer decoded rows than announced"))?;
+        let src = ImageRef::new(self.src_w, rows, view, PixelType::U8x3).map_err(resize_failed)?;
+        let mut band = RgbImage::new(self.out_w, band_h);
+        let scale = self.height / f64::from(self.out_h);
+        let crop_top = self.top + f64::from(self.done) * scale;
+        let crop_bottom = if end == self.out_h {
+            self.top + self.height
+        } else {
+            self.top + f64::from(end) * scale
+        };
+        let crop_bottom = crop_bottom.min(f64::from(rows));
+        let options = lanczos3().crop(self.left, crop_top, self.width, crop_bottom - crop_top);
+        resizer.resize(&src, &mut band, &options).map_err(resize_failed)?;
+        place(band, self.out_h, self.done, self.orientation, &mut self.upright)?;
+        self.done = end;
+        Ok(())
+    }
+
+    /// The upright output, once [`Banded::advance`] has seen the whole source.
+    pub(crate) fn finish(self) -> Result<RgbImage, Error> {
+        if self.done < self.out_h {
+            return Err(Error::internal("derivative finished before its last rows"));
+        }
+        Ok(self.upright)
+    }
+}
+
+/// Writes rows `first..` (stored orientation) of an `out_w`×`out_h` image to their place in
+/// `upright`, the image turned for the EXIF `orientation`: the band turned on its own is a block
+/// of whole rows (orientations 1 to 4) or whole columns (5 to 8) there.
+fn place(band: RgbImage, out_h: u32, first: u32, orientation: u32, upright: &mut RgbImage) -> Result<(), Error> {
+    let band_h = band.height();
+    let turned = orient(&band, orientation)?.unwrap_or(band);
+    // Offset of the block along the axis the stored rows map to.
+    let offset = match orientation {
+        3 | 4 | 6 | 7 => out_h - first - band_h,
+        _ => first,
+    } as usize;
+    let row_bytes = upright.width() as usize * 3;
+    let (block_w, _) = turned.dimensions();
+    let block_bytes = block_w as usize * 3;
+    let dst = upright.as_mut();
+    for (v, row) in turned.as_raw().chunks_exact(block_bytes.max(1)).enumerate() {
+        let at = if swaps_axes(orientation) {
+            v * row_bytes + offset * 3
+        } else {
+            (offset + v) * row_bytes
+        };
+        dst.get_mut(at..at + block_bytes)
+            .ok_or_else(|| Error::internal("band outside the derivative"))?
+            .copy_from_slice(row);
+    }
+    Ok(())
+}
+
 /// Makes the pixels of one plan, from the smallest intermediate that is still large enough.
 pub(crate) fn render(
     resizer: &mut Resizer,
@@ -167,13 +297,17 @@ pub(crate) fn render(
     }
     let (left, top, width, height) = plan.region_in(from.width(), from.height());
     let mut out = RgbImage::new(plan.out_w, plan.out_h);
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
-        .crop(left, top, width, height);
-    resizer
-        .resize(from, &mut out, &options)
-        .map_err(|e| Error::internal(format!("resize failed: {e}")))?;
+    let options = lanczos3().crop(left, top, width, height);
+    resizer.resize(from, &mut out, &options).map_err(resize_failed)?;
     Ok(out)
+}
+
+fn lanczos3() -> ResizeOptions {
+    ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+}
+
+fn resize_failed(e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("resize failed: {e}"))
 }
 
 /// The image turned upright for an EXIF orientation, or `None` when it already is.
