@@ -213,8 +213,8 @@ fn bench_photo(
     let mut walls = Vec::with_capacity(runs);
     let mut cpus = Vec::with_capacity(runs);
     // Per run, the time to the first progress call (it comes once the decode is done) and the
-    // rest: where the time goes, from the public API alone. (The largest derivative is resized
-    // while the decode runs, so the first part is not the decode alone.)
+    // rest: where the time goes, from the public API alone. (The two largest derivatives are
+    // resized while the decode runs, so the first part is not the decode alone.)
     let mut stages: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut last = Vec::new();
     // The decode floor (decoding at the scale thumbnails() picks, and nothing else) is measured

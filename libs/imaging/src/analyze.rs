@@ -21,7 +21,7 @@ fn squash(image: &RgbImage, side: u32, orientation: u32) -> Result<RgbImage, Err
     Resizer::new()
         .resize(image, &mut out, &options)
         .map_err(|e| Error::internal(format!("resize failed: {e}")))?;
-    Ok(orient(&out, orientation)?.unwrap_or(out))
+    Ok(orient(out.width(), out.height(), out.as_raw(), orientation)?.unwrap_or(out))
 }
 
 /// The 64-bit DCT perceptual hash as 16 hex digits: the low 8×8 frequencies of the DCT of a

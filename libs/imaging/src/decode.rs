@@ -8,7 +8,7 @@ use turbojpeg::{Decompressor, PixelFormat, ScalingFactor};
 use crate::Limits;
 use crate::color;
 use crate::header::{self, ColorModel, Header};
-use mediamesh_jpegstrips::StripDecoder;
+use mediamesh_jpegstrips::{Filler, StripDecoder};
 
 /// Shrink-on-load factors tried, smallest first (libjpeg-turbo's DCT scaling). Only powers of
 /// two, as libvips uses: with 3/8 etc. (tried) the 16 MB Elephants photo loses 0.011 SSIM
@@ -38,73 +38,80 @@ pub(crate) fn decode(data: &[u8], header: &Header, factor: ScalingFactor, limits
 }
 
 /// A JPEG decode is handed on in about this many strips.
-const STRIPS: usize = 8;
+const STRIPS: usize = 16;
 
-/// The size [`decode`] and [`decode_strips`] produce: the JPEG scaled by `factor`, the other
-/// formats at full size.
-pub(crate) fn decoded_size(header: &Header, factor: ScalingFactor) -> (u32, u32) {
-    if header.format.format == ImageFormat::Jpeg {
-        let scale = |v: u32| u32::try_from(factor.scale(v as usize)).unwrap_or(u32::MAX);
-        (scale(header.width), scale(header.height))
-    } else {
-        (header.width, header.height)
-    }
-}
-
-/// Whether [`decode_strips`] decodes this image row by row.
+/// Whether [`Strips`] decodes this image row by row.
 pub(crate) fn streams(header: &Header) -> bool {
     header.format.format == ImageFormat::Jpeg && !is_cmyk(header)
 }
 
-/// Decodes a JPEG with RGB output (YCbCr, RGB or gray, see [`streams`]) as [`decode`] does, but
-/// row by row with libjpeg: after each strip of about an eighth of the rows `on_strip` sees it
-/// (first row, whole RGB8 rows), so that work on it can overlap the decoding of the rest.
-/// `on_strip` returning `false` stops the decode early (the rows below stay black).
-pub(crate) fn decode_strips(
-    data: &[u8],
-    header: &Header,
-    factor: ScalingFactor,
-    limits: &Limits,
-    on_strip: &mut dyn FnMut(u32, &[u8]) -> bool,
-) -> Result<RgbImage, Error> {
-    if !streams(header) {
-        return Err(Error::internal("only JPEGs with RGB output are decoded row by row"));
-    }
-    let (width, height, _) = check_jpeg(data, header, factor, limits)?;
-    let mut decoder = StripDecoder::start(data, factor).map_err(|text| jpeg_fatal(&text))?;
-    if decoder.size() != (to_u32(width)?, to_u32(height)?) {
-        return Err(Error::internal("libjpeg decodes to another size than planned"));
-    }
-    let pitch = width * 3;
-    let mut pixels = vec![0u8; pitch * height];
-    let strip_bytes = height.div_ceil(STRIPS).max(16) * pitch;
-    let mut at = 0;
-    while at < pixels.len() {
-        let end = (at + strip_bytes).min(pixels.len());
-        let read = decoder.read(&mut pixels[at..end]).map_err(|text| jpeg_fatal(&text))?;
-        if read == 0 {
-            return Err(Error::internal("libjpeg ended before the last row"));
+/// A JPEG with RGB output (YCbCr, RGB or gray, see [`streams`]) decoded as [`decode`] does, but
+/// row by row with libjpeg, into a buffer that other threads read while the rest decodes.
+pub(crate) struct Strips<'a> {
+    decoder: StripDecoder<'a>,
+    width: u32,
+    height: u32,
+}
+
+impl<'a> Strips<'a> {
+    /// Checks the file and the memory limit and reads the header (a progressive file has all
+    /// its scans decoded when this returns).
+    pub(crate) fn start(
+        data: &'a [u8],
+        header: &Header,
+        factor: ScalingFactor,
+        limits: &Limits,
+    ) -> Result<Self, Error> {
+        if !streams(header) {
+            return Err(Error::internal("only JPEGs with RGB output are decoded row by row"));
         }
-        let end = at + read as usize * pitch;
-        if !on_strip(to_u32(at / pitch)?, &pixels[at..end]) {
-            break;
+        let (width, height, _) = check_jpeg(data, header, factor, limits)?;
+        let (width, height) = (to_u32(width)?, to_u32(height)?);
+        let decoder = StripDecoder::start(data, factor).map_err(|text| jpeg_fatal(&text))?;
+        if decoder.size() != (width, height) {
+            return Err(Error::internal("libjpeg decodes to another size than planned"));
         }
-        at = end;
+        Ok(Self { decoder, width, height })
     }
-    // Stopped early, the rows below stay black: the caller does not want them.
-    if at == pixels.len() {
-        match decoder.finish() {
-            Ok(None) => {}
-            Ok(Some(warning)) => {
-                if let Some(error) = jpeg_error_text(&warning) {
-                    return Err(error);
-                }
+
+    /// Width and height of the decoded image.
+    pub(crate) fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// Decodes into `filler` (a buffer of exactly width × height RGB8 pixels), top row first;
+    /// after each strip of about a sixteenth of the rows, `on_strip` gets the count of rows
+    /// filled so far, so that work on them can overlap the decoding of the rest. `on_strip`
+    /// returning `false` stops the decode early (the rows below stay as they were).
+    pub(crate) fn run(mut self, filler: &mut Filler<'_>, on_strip: &mut dyn FnMut(u32) -> bool) -> Result<(), Error> {
+        let pitch = self.width as usize * 3;
+        let height = self.height as usize;
+        if filler.filled() + filler.unfilled().len() != pitch * height {
+            return Err(Error::internal("decode buffer has the wrong size"));
+        }
+        let strip_bytes = height.div_ceil(STRIPS).max(16) * pitch;
+        while !filler.is_full() {
+            let unfilled = filler.unfilled();
+            let end = strip_bytes.min(unfilled.len());
+            let read = self
+                .decoder
+                .read(&mut unfilled[..end])
+                .map_err(|text| jpeg_fatal(&text))?;
+            if read == 0 {
+                return Err(Error::internal("libjpeg ended before the last row"));
             }
-            Err(text) => return Err(jpeg_fatal(&text)),
+            filler.advance(read as usize * pitch);
+            if !on_strip(to_u32(filler.filled() / pitch)?) {
+                // Stopped early: the caller does not want the rest.
+                return Ok(());
+            }
+        }
+        match self.decoder.finish() {
+            Ok(None) => Ok(()),
+            Ok(Some(warning)) => jpeg_error_text(&warning).map_or(Ok(()), Err),
+            Err(text) => Err(jpeg_fatal(&text)),
         }
     }
-    RgbImage::from_raw(to_u32(width)?, to_u32(height)?, pixels)
-        .ok_or_else(|| Error::internal("decoded buffer has the wrong size"))
 }
 
 /// The error for a libjpeg failure that stopped the decode.

@@ -36,7 +36,7 @@ use turbojpeg::ScalingFactor;
 pub use analyze::phash_distance;
 use header::Header;
 use resize::{Banded, Plan, swaps_axes};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 
 /// Share of the progress reported once the source is decoded; the derivatives share the rest.
 const DECODED_PROGRESS: f32 = 0.6;
@@ -295,11 +295,13 @@ pub fn probe(data: &[u8], limits: &Limits) -> Result<ProbeInfo, Error> {
 /// makes one derivative per (spec, format): spec-major, in the order of `opts.specs` and
 /// `opts.formats`.
 ///
-/// A JPEG is decoded row by row on the calling thread while a helper thread resizes the largest
-/// derivative band by band, each band as soon as the source rows its filter needs are decoded,
-/// and turns the bands upright. Once the decode is done, the calling thread makes the second
-/// largest derivative while the helper encodes the largest and makes the rest (ADR 0003). Other
-/// formats are decoded whole and their derivatives made one after the other.
+/// A JPEG is decoded row by row on the calling thread, into a buffer a helper thread reads as it
+/// fills. The helper resizes the largest derivative band by band, each band as soon as the
+/// source rows its filter needs are decoded, and turns the bands upright; while it waits for
+/// rows, it does the same for the second largest. Once the decode is done, the helper finishes
+/// and encodes the largest while the calling thread finishes and encodes the second and makes
+/// the rest (ADR 0003, ADR 0004). Other formats are decoded whole and their derivatives made one
+/// after the other.
 ///
 /// `progress` gets values in `0..=1`: once after the decode, then as derivatives are done (the
 /// last call is `1.0`).
@@ -335,94 +337,103 @@ pub fn thumbnails(
         let source = decode::decode(input, &header, factor, limits)?;
         progress(DECODED_PROGRESS);
         let mut encoders = finisher.encoders();
-        for (index, derivatives) in finisher.make_from(&source, &plans, &order, &mut encoders, &mut |done| {
-            let fraction = done as f32 / plans.len() as f32;
-            progress((DECODED_PROGRESS + (1.0 - DECODED_PROGRESS) * fraction).min(1.0));
-        })? {
+        let made_now = finisher.make_from(
+            &resize::view(&source)?,
+            &plans,
+            &order,
+            Vec::new(),
+            &mut encoders,
+            &mut |done| progress(derivatives_progress(done, plans.len())),
+        )?;
+        for (index, derivatives) in made_now {
             made[index] = derivatives;
         }
         progress(1.0);
         return Ok(made.into_iter().flatten().collect());
     }
 
-    let (src_w, src_h) = decode::decoded_size(&header, factor);
+    let strips = decode::Strips::start(input, &header, factor, limits)?;
+    let (src_w, src_h) = strips.size();
     let pitch = src_w as usize * 3;
-    let largest = order[0];
-    // The calling thread makes the second largest derivative after the decode; the helper,
-    // once the largest is encoded, the rest.
-    let split = order.len().min(2);
-    let mut banded = Banded::new(&plans[largest], src_w, src_h, orientation, BANDS);
+    let mut pixels = vec![0u8; pitch * src_h as usize];
+    let (mut filler, filled) = mediamesh_jpegstrips::fill(&mut pixels);
+    let rows_in = |part: &[u8]| u32::try_from(part.len() / pitch.max(1)).unwrap_or(u32::MAX);
+    let banded = |index: usize| Banded::new(&plans[index], src_w, src_h, orientation, BANDS);
+    let mut largest = banded(order[0]);
+    let second = Mutex::new(order.get(1).map(|&index| banded(index)));
     let stopped = || Error::internal("the resizing thread stopped");
 
     std::thread::scope(|scope| -> Result<(), Error> {
-        let (strips, received) = mpsc::channel::<(u32, Vec<u8>)>();
-        // Strip buffers go back to the decoder once copied, so that their memory is reused.
-        let (spare, spares) = mpsc::channel::<Vec<u8>>();
-        let finisher = &finisher;
-        let (plans, order) = (&plans, &order);
-        let helper = scope.spawn(move || -> Result<Vec<(usize, Vec<Derivative>)>, Error> {
+        let (wake, woken) = mpsc::channel::<()>();
+        let (finisher, plans, order, second) = (&finisher, &plans, &order, &second);
+        let source = filled.clone();
+        let helper = scope.spawn(move || -> Result<Vec<Derivative>, Error> {
             let mut resizer = fast_image_resize::Resizer::new();
-            // The rows decoded so far, in one piece, as the resizer reads them.
-            let mut source = vec![0u8; pitch * src_h as usize];
             let mut rows = 0;
-            for (first, strip) in received {
-                let at = first as usize * pitch;
-                source
-                    .get_mut(at..at + strip.len())
-                    .ok_or_else(|| Error::internal("strip past the end of the image"))?
-                    .copy_from_slice(&strip);
-                rows = first + u32::try_from(strip.len() / pitch.max(1)).unwrap_or(0);
-                let _ = spare.send(strip);
-                banded.advance(&mut resizer, &source, rows)?;
+            while woken.recv().is_ok() {
+                // Each wake-up says "more rows"; the filled part says how many.
+                while woken.try_recv().is_ok() {}
+                let part = source.get();
+                rows = rows_in(part);
+                largest.advance(&mut resizer, part, rows)?;
+                if rows == src_h {
+                    break;
+                }
+                // The second largest only while no newer rows wait, so that the largest keeps up
+                // with the decode; the calling thread finishes it once the decode is done.
+                if source.get().len() == part.len()
+                    && let Ok(mut second) = second.try_lock()
+                    && let Some(second) = second.as_mut()
+                {
+                    second.advance(&mut resizer, part, rows)?;
+                }
             }
             if rows < src_h {
                 // The decode failed, and says why.
                 return Ok(Vec::new());
             }
-            let mut encoders = finisher.encoders();
-            let mut made = vec![(largest, finisher.encode(&banded.finish()?, largest, &mut encoders)?)];
-            let source = RgbImage::from_raw(src_w, src_h, source)
-                .ok_or_else(|| Error::internal("decoded buffer has the wrong size"))?;
-            made.extend(finisher.make_from(&source, plans, &order[split..], &mut encoders, &mut |_| {})?);
-            Ok(made)
+            let made = largest.finish()?;
+            finisher.encode(made.upright(), order[0], &mut finisher.encoders())
         });
         // A failed helper closes the channel, which stops the decode.
-        let decoded = decode::decode_strips(input, &header, factor, limits, &mut |first, rows| {
-            let mut strip = spares.try_recv().unwrap_or_default();
-            strip.clear();
-            strip.extend_from_slice(rows);
-            strips.send((first, strip)).is_ok()
-        });
-        drop(strips);
-        let source = match decoded {
-            Ok(source) => source,
-            Err(error) => {
-                let _ = helper.join();
-                return Err(error);
+        let decoded = strips.run(&mut filler, &mut |_| wake.send(()).is_ok());
+        drop(wake);
+        let ours = decoded.and_then(|()| {
+            if !filler.is_full() {
+                return Err(stopped());
             }
-        };
-        progress(DECODED_PROGRESS);
-        let mut encoders = finisher.encoders();
-        let others = finisher.make_from(&source, plans, &order[1..split], &mut encoders, &mut |done| {
-            let fraction = done as f32 / plans.len() as f32;
-            progress((DECODED_PROGRESS + (1.0 - DECODED_PROGRESS) * fraction).min(1.0));
-        });
-        let others = match others {
-            Ok(others) => others,
-            Err(error) => {
-                let _ = helper.join();
-                return Err(error);
+            progress(DECODED_PROGRESS);
+            let source = filled.get();
+            let mut encoders = finisher.encoders();
+            let mut intermediates = Vec::new();
+            let mut made = Vec::new();
+            let second = second.lock().map_err(|_| stopped())?.take();
+            if let Some(mut second) = second {
+                second.advance(&mut fast_image_resize::Resizer::new(), source, src_h)?;
+                let second = second.finish()?;
+                made.push((order[1], finisher.encode(second.upright(), order[1], &mut encoders)?));
+                if plans[order[1]].serves_smaller() {
+                    intermediates.push(second.stored);
+                }
+                progress(derivatives_progress(1, plans.len()));
             }
-        };
+            let from = resize::view_of(src_w, src_h, source)?;
+            let rest = order.get(2..).unwrap_or(&[]);
+            made.extend(
+                finisher.make_from(&from, plans, rest, intermediates, &mut encoders, &mut |done| {
+                    progress(derivatives_progress(1 + done, plans.len()));
+                })?,
+            );
+            Ok(made)
+        });
+        // A failed helper stops the decode early: its error is the one that says why.
         let theirs = match helper.join() {
-            Ok(Ok(theirs)) if !theirs.is_empty() => theirs,
-            Ok(Ok(_)) | Err(_) => return Err(stopped()),
+            Ok(Ok(theirs)) if !theirs.is_empty() || ours.is_err() => theirs,
+            Ok(Ok(_)) | Err(_) => return Err(ours.err().unwrap_or_else(stopped)),
             Ok(Err(error)) => return Err(error),
         };
-        for (index, derivatives) in theirs {
-            made[index] = derivatives;
-        }
-        for (index, derivatives) in others {
+        made[order[0]] = theirs;
+        for (index, derivatives) in ours? {
             made[index] = derivatives;
         }
         Ok(())
@@ -431,10 +442,16 @@ pub fn thumbnails(
     Ok(made.into_iter().flatten().collect())
 }
 
-/// About how many resize calls the largest derivative of a JPEG gets while the JPEG decodes
+/// The progress after `done` of `count` derivatives.
+fn derivatives_progress(done: usize, count: usize) -> f32 {
+    let fraction = done as f32 / count.max(1) as f32;
+    (DECODED_PROGRESS + (1.0 - DECODED_PROGRESS) * fraction).min(1.0)
+}
+
+/// About how many resize calls each banded derivative of a JPEG gets while the JPEG decodes
 /// (each computes the filter weights of a row anew; more calls leave less to do once the decode
-/// ends).
-const BANDS: u32 = 6;
+/// ends; 6 and 12 measured alike on friends).
+const BANDS: u32 = 12;
 
 /// What turns resized pixels into a derivative's files: orientation, sRGB, encoding.
 struct Finisher<'a> {
@@ -482,28 +499,28 @@ impl Finisher<'_> {
     }
 
     /// The derivatives `order` (largest first) made from the whole decoded `source`, one after
-    /// the other, each from the smallest already made full-frame derivative still at least twice
-    /// its size; `done` gets the count after each.
+    /// the other, each from the smallest full-frame derivative made so far (or given in
+    /// `intermediates`) still at least twice its size; `done` gets the count after each.
     fn make_from(
         &self,
-        source: &RgbImage,
+        source: &fast_image_resize::images::ImageRef<'_>,
         plans: &[Plan],
         order: &[usize],
+        mut intermediates: Vec<RgbImage>,
         encoders: &mut encode::Encoders,
         done: &mut dyn FnMut(usize),
     ) -> Result<Vec<(usize, Vec<Derivative>)>, Error> {
         let mut resizer = fast_image_resize::Resizer::new();
-        let mut intermediates: Vec<RgbImage> = Vec::new();
         let mut made = Vec::with_capacity(order.len());
         for (count, &index) in order.iter().enumerate() {
             let plan = &plans[index];
             let pixels = resize::render(&mut resizer, source, &intermediates, plan)?;
-            let upright = resize::orient(&pixels, self.orientation)?;
+            let upright = resize::orient(pixels.width(), pixels.height(), pixels.as_raw(), self.orientation)?;
             made.push((
                 index,
                 self.encode(upright.as_ref().unwrap_or(&pixels), index, encoders)?,
             ));
-            if plan.is_full_frame() && plan.resamples() {
+            if plan.serves_smaller() {
                 intermediates.push(pixels);
             }
             done(count + 1);

@@ -1,9 +1,9 @@
 //! Resize plans (cover/inside boxes, never enlarging), SIMD Lanczos3 resizing with
-//! fast_image_resize in two passes (the horizontal one on strips of rows while the source is
-//! still decoding), and EXIF orientation of the outputs.
+//! fast_image_resize (band by band while a JPEG source is still decoding, see [`Banded`]), and
+//! EXIF orientation of the outputs.
 
-use fast_image_resize::images::ImageRef;
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{Filter, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 use mediamesh_core::Error;
 
@@ -125,6 +125,12 @@ impl Plan {
         self.width != f64::from(self.out_w) || self.height != f64::from(self.out_h)
     }
 
+    /// Whether smaller derivatives may be made from this one's pixels (see [`render`]): it shows
+    /// the whole source, resampled.
+    pub(crate) fn serves_smaller(&self) -> bool {
+        self.is_full_frame() && self.resamples()
+    }
+
     /// The region mapped onto an image of `w`×`h` that shows the whole source.
     pub(crate) fn region_in(&self, w: u32, h: u32) -> (f64, f64, f64, f64) {
         let sx = f64::from(w) / f64::from(self.src_w);
@@ -157,8 +163,6 @@ pub(crate) struct Banded {
     top: f64,
     width: f64,
     height: f64,
-    out_w: u32,
-    out_h: u32,
     src_w: u32,
     src_h: u32,
     orientation: u32,
@@ -167,8 +171,24 @@ pub(crate) struct Banded {
     /// Fewest new output rows worth a resize call before the last one (each call computes
     /// the horizontal filter weights anew).
     min_band: u32,
-    /// The output, upright.
-    upright: RgbImage,
+    /// The output in stored orientation (an intermediate for smaller derivatives).
+    stored: RgbImage,
+    /// The output turned upright, unless the orientation keeps it as stored.
+    upright: Option<RgbImage>,
+}
+
+/// What a [`Banded`] made: the pixels in stored orientation and, unless that is upright already,
+/// turned upright.
+pub(crate) struct Made {
+    pub stored: RgbImage,
+    upright: Option<RgbImage>,
+}
+
+impl Made {
+    /// The pixels upright, to encode.
+    pub(crate) fn upright(&self) -> &RgbImage {
+        self.upright.as_ref().unwrap_or(&self.stored)
+    }
 }
 
 impl Banded {
@@ -185,14 +205,13 @@ impl Banded {
             top,
             width,
             height,
-            out_w: plan.out_w,
-            out_h: plan.out_h,
             src_w,
             src_h,
             orientation,
             done: 0,
             min_band: plan.out_h.div_ceil(bands.max(1)).max(8),
-            upright: RgbImage::new(up_w, up_h),
+            stored: RgbImage::new(plan.out_w, plan.out_h),
+            upright: (2..=8).contains(&orientation).then(|| RgbImage::new(up_w, up_h)),
         }
     }
 
@@ -200,19 +219,20 @@ impl Banded {
     /// `source` (whole RGB8 rows; at least `rows` of them), if they are enough for a band or
     /// the source is complete.
     pub(crate) fn advance(&mut self, resizer: &mut Resizer, source: &[u8], rows: u32) -> Result<(), Error> {
+        let (out_w, out_h) = self.stored.dimensions();
+        let scale = self.height / f64::from(out_h);
         let end = if rows >= self.src_h {
-            self.out_h
+            out_h
         } else {
-            let scale = self.height / f64::from(self.out_h);
             let radius = 3.0 * scale.max(1.0);
             // Output row j reads source rows below top + (j + 0.5)·scale + radius.
             let last = ((f64::from(rows) - radius - self.top) / scale - 0.5).floor();
             if last < 0.0 {
                 return Ok(());
             }
-            (last as u32 + 1).min(self.out_h)
+            (last as u32 + 1).min(out_h)
         };
-        if end <= self.done || (end < self.out_h && end - self.done < self.min_band) {
+        if end <= self.done || (end < out_h && end - self.done < self.min_band) {
             return Ok(());
         }
         let band_h = end - self.done;
@@ -222,37 +242,55 @@ impl Banded {
             .get(..bytes)
             .ok_or_else(|| Error::internal("fewer decoded rows than announced"))?;
         let src = ImageRef::new(self.src_w, rows, view, PixelType::U8x3).map_err(resize_failed)?;
-        let mut band = RgbImage::new(self.out_w, band_h);
-        let scale = self.height / f64::from(self.out_h);
         let crop_top = self.top + f64::from(self.done) * scale;
-        let crop_bottom = if end == self.out_h {
+        let crop_bottom = if end == out_h {
             self.top + self.height
         } else {
             self.top + f64::from(end) * scale
         };
         let crop_bottom = crop_bottom.min(f64::from(rows));
         let options = lanczos3().crop(self.left, crop_top, self.width, crop_bottom - crop_top);
-        resizer.resize(&src, &mut band, &options).map_err(resize_failed)?;
-        place(band, self.out_h, self.done, self.orientation, &mut self.upright)?;
+        let row_bytes = out_w as usize * 3;
+        let band = self
+            .stored
+            .get_mut(self.done as usize * row_bytes..end as usize * row_bytes)
+            .ok_or_else(|| Error::internal("band outside the derivative"))?;
+        let mut dst = Image::from_slice_u8(out_w, band_h, band, PixelType::U8x3).map_err(resize_failed)?;
+        resizer.resize(&src, &mut dst, &options).map_err(resize_failed)?;
+        if let Some(upright) = &mut self.upright {
+            place(dst.buffer(), out_w, out_h, self.done, self.orientation, upright)?;
+        }
         self.done = end;
         Ok(())
     }
 
-    /// The upright output, once [`Banded::advance`] has seen the whole source.
-    pub(crate) fn finish(self) -> Result<RgbImage, Error> {
-        if self.done < self.out_h {
+    /// The output, once [`Banded::advance`] has seen the whole source.
+    pub(crate) fn finish(self) -> Result<Made, Error> {
+        if self.done < self.stored.height() {
             return Err(Error::internal("derivative finished before its last rows"));
         }
-        Ok(self.upright)
+        Ok(Made {
+            stored: self.stored,
+            upright: self.upright,
+        })
     }
 }
 
-/// Writes rows `first..` (stored orientation) of an `out_w`×`out_h` image to their place in
-/// `upright`, the image turned for the EXIF `orientation`: the band turned on its own is a block
-/// of whole rows (orientations 1 to 4) or whole columns (5 to 8) there.
-fn place(band: RgbImage, out_h: u32, first: u32, orientation: u32, upright: &mut RgbImage) -> Result<(), Error> {
-    let band_h = band.height();
-    let turned = orient(&band, orientation)?.unwrap_or(band);
+/// Writes `band`, rows `first..` (stored orientation) of an `out_w`×`out_h` image, to their
+/// place in `upright`, the image turned for the EXIF `orientation`: the band turned on its own
+/// is a block of whole rows (orientations 1 to 4) or whole columns (5 to 8) there.
+fn place(
+    band: &[u8],
+    out_w: u32,
+    out_h: u32,
+    first: u32,
+    orientation: u32,
+    upright: &mut RgbImage,
+) -> Result<(), Error> {
+    let band_h = u32::try_from(band.len() / (out_w as usize * 3).max(1)).unwrap_or(0);
+    let Some(turned) = orient(out_w, band_h, band, orientation)? else {
+        return Err(Error::internal("placing a band that needs no turning"));
+    };
     // Offset of the block along the axis the stored rows map to.
     let offset = match orientation {
         3 | 4 | 6 | 7 => out_h - first - band_h,
@@ -275,14 +313,24 @@ fn place(band: RgbImage, out_h: u32, first: u32, orientation: u32, upright: &mut
     Ok(())
 }
 
+/// An RGB8 image as fast_image_resize reads it.
+pub(crate) fn view(image: &RgbImage) -> Result<ImageRef<'_>, Error> {
+    view_of(image.width(), image.height(), image.as_raw())
+}
+
+/// `width`×`height` RGB8 `pixels` as fast_image_resize reads them.
+pub(crate) fn view_of(width: u32, height: u32, pixels: &[u8]) -> Result<ImageRef<'_>, Error> {
+    ImageRef::new(width, height, pixels, PixelType::U8x3).map_err(resize_failed)
+}
+
 /// Makes the pixels of one plan, from the smallest intermediate that is still large enough.
 pub(crate) fn render(
     resizer: &mut Resizer,
-    source: &RgbImage,
+    source: &ImageRef<'_>,
     intermediates: &[RgbImage],
     plan: &Plan,
 ) -> Result<RgbImage, Error> {
-    let mut from = source;
+    let mut from = *source;
     if plan.resamples() {
         for candidate in intermediates {
             let (_, _, w, h) = plan.region_in(candidate.width(), candidate.height());
@@ -291,34 +339,58 @@ pub(crate) fn render(
             let smaller = u64::from(candidate.width()) * u64::from(candidate.height())
                 < u64::from(from.width()) * u64::from(from.height());
             if large_enough && smaller {
-                from = candidate;
+                from = view(candidate)?;
             }
         }
     }
     let (left, top, width, height) = plan.region_in(from.width(), from.height());
     let mut out = RgbImage::new(plan.out_w, plan.out_h);
     let options = lanczos3().crop(left, top, width, height);
-    resizer.resize(from, &mut out, &options).map_err(resize_failed)?;
+    resizer.resize(&from, &mut out, &options).map_err(resize_failed)?;
     Ok(out)
 }
 
 fn lanczos3() -> ResizeOptions {
-    ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+    let filter = Filter::new("Lanczos3", lanczos3_weight, 3.0).map_or(FilterType::Lanczos3, FilterType::Custom);
+    ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter))
+}
+
+/// The Lanczos3 kernel, sinc(x)·sinc(x/3), with one sine instead of fast_image_resize's two:
+/// with t = πx/3 and s = sin t, sin 3t = s(3 − 4s²). The weights are computed anew on every
+/// resize call (a band of [`Banded`] is one), where the sines were most of the cost.
+fn lanczos3_weight(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    if !(-3.0..3.0).contains(&x) {
+        return 0.0;
+    }
+    let t = x * (std::f64::consts::PI / 3.0);
+    let s = t.sin();
+    s * s * (3.0 - 4.0 * s * s) / (3.0 * t * t)
 }
 
 fn resize_failed(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("resize failed: {e}"))
 }
 
-/// The image turned upright for an EXIF orientation, or `None` when it already is.
-pub(crate) fn orient(image: &RgbImage, orientation: u32) -> Result<Option<RgbImage>, Error> {
+/// The `width`×`height` RGB8 `pixels` turned upright for an EXIF orientation, or `None` when
+/// they already are.
+pub(crate) fn orient(width: u32, height: u32, pixels: &[u8], orientation: u32) -> Result<Option<RgbImage>, Error> {
     if !(2..=8).contains(&orientation) {
         return Ok(None);
     }
-    let (sw, sh) = (image.width() as usize, image.height() as usize);
-    let (dw, dh) = if swaps_axes(orientation) { (sh, sw) } else { (sw, sh) };
+    let (up_w, up_h) = if swaps_axes(orientation) {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    let (sw, sh, dw, dh) = (width as usize, height as usize, up_w as usize, up_h as usize);
+    let src = pixels
+        .get(..sw * sh * 3)
+        .ok_or_else(|| Error::internal("fewer pixels than the image size"))?;
     if sw == 0 || sh == 0 {
-        return Ok(Some(image.clone()));
+        return Ok(Some(RgbImage::new(up_w, up_h)));
     }
     // The stored pixel shown at display position (u, v) is `origin + u·du + v·dv` (in pixels).
     let (sw_i, sh_i) = (sw as isize, sh as isize);
@@ -331,7 +403,6 @@ pub(crate) fn orient(image: &RgbImage, orientation: u32) -> Result<Option<RgbIma
         7 => (sh_i * sw_i - 1, -sw_i, -1),
         _ => (sw_i - 1, sw_i, -1),
     };
-    let src = image.as_raw();
     let mut out = vec![0u8; src.len()];
     // Tiles keep both the reads and the writes in cache for the transposing orientations.
     const TILE: usize = 32;
@@ -347,10 +418,7 @@ pub(crate) fn orient(image: &RgbImage, orientation: u32) -> Result<Option<RgbIma
             }
         }
     }
-    match (u32::try_from(dw), u32::try_from(dh)) {
-        (Ok(dw), Ok(dh)) => RgbImage::from_raw(dw, dh, out)
-            .map(Some)
-            .ok_or_else(|| Error::internal("orientation failed")),
-        _ => Err(Error::internal("orientation failed")),
-    }
+    RgbImage::from_raw(up_w, up_h, out)
+        .map(Some)
+        .ok_or_else(|| Error::internal("orientation failed"))
 }

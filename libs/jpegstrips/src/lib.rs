@@ -1,12 +1,17 @@
 //! Row-by-row JPEG decoding through libjpeg-turbo's libjpeg API (csrc/jpeg_strips.c, built by
 //! build.rs against the library turbojpeg-sys builds). TurboJPEG's own API only decodes whole
-//! images; reading strips lets the resizing of the first rows run while the rest decodes.
+//! images; reading strips lets the resizing of the first rows run while the rest decodes. The rows
+//! go into one buffer that other threads read as it fills ([`fill()`]).
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_ulong};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 use turbojpeg::ScalingFactor;
+
+mod fill;
+
+pub use fill::{Filled, Filler, fill};
 
 /// The C side's decoder state (a `jpeg_decompress_struct` and its error handler).
 #[repr(C)]
