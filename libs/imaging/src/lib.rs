@@ -1,9 +1,9 @@
 //! The photo pipeline of the media service: probing and thumbnail derivatives.
 //!
 //! - [`thumbnails`] decodes once (JPEG with libjpeg-turbo and DCT shrink-on-load to the
-//!   smallest 1/2ⁿ scale that still covers every output, row by row so that the largest output
-//!   is resized on a second thread while the decode goes on; PNG, WebP, GIF, TIFF and BMP with
-//!   the `image` crate), converts to sRGB (CMYK/YCCK, embedded ICC profiles via moxcms),
+//!   smallest 1/2ⁿ scale that still covers every output, row by row so that the two largest
+//!   outputs are resized on a second thread while the decode goes on; PNG, WebP, GIF, TIFF and
+//!   BMP with the `image` crate), converts to sRGB (CMYK/YCCK, embedded ICC profiles via moxcms),
 //!   flattens alpha onto white, resizes with fast_image_resize (Lanczos3, each output from the
 //!   smallest already made derivative that is still at least twice its size), turns each output
 //!   upright for its EXIF orientation and encodes it (JPEG 4:2:0 with libjpeg-turbo, or WebP)
@@ -367,7 +367,8 @@ pub fn thumbnails(
         let (wake, woken) = mpsc::channel::<()>();
         let (finisher, plans, order, second) = (&finisher, &plans, &order, &second);
         let source = filled.clone();
-        let helper = scope.spawn(move || -> Result<Vec<Derivative>, Error> {
+        // The helper's derivatives, or `None` when the decode failed (the decode says why).
+        let helper = scope.spawn(move || -> Result<Option<Vec<Derivative>>, Error> {
             let mut resizer = fast_image_resize::Resizer::new();
             let mut rows = 0;
             while woken.recv().is_ok() {
@@ -389,11 +390,12 @@ pub fn thumbnails(
                 }
             }
             if rows < src_h {
-                // The decode failed, and says why.
-                return Ok(Vec::new());
+                return Ok(None);
             }
             let made = largest.finish()?;
-            finisher.encode(made.upright(), order[0], &mut finisher.encoders())
+            finisher
+                .encode(made.upright(), order[0], &mut finisher.encoders())
+                .map(Some)
         });
         // A failed helper closes the channel, which stops the decode.
         let decoded = strips.run(&mut filler, &mut |_| wake.send(()).is_ok());
@@ -428,8 +430,8 @@ pub fn thumbnails(
         });
         // A failed helper stops the decode early: its error is the one that says why.
         let theirs = match helper.join() {
-            Ok(Ok(theirs)) if !theirs.is_empty() || ours.is_err() => theirs,
-            Ok(Ok(_)) | Err(_) => return Err(ours.err().unwrap_or_else(stopped)),
+            Ok(Ok(Some(theirs))) => theirs,
+            Ok(Ok(None)) | Err(_) => return Err(ours.err().unwrap_or_else(stopped)),
             Ok(Err(error)) => return Err(error),
         };
         made[order[0]] = theirs;
