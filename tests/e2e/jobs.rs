@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use mediamesh_proto::v1 as pb;
 use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
@@ -197,12 +198,7 @@ async fn cancelling_a_running_job_kills_its_subprocess_within_a_second() {
     .unwrap();
 
     let cancelled_at = std::time::Instant::now();
-    let response = jobs
-        .cancel_job(pb::CancelJobRequest { job_id: job.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(state(response.job.as_ref().unwrap()), pb::JobState::Cancelled);
+    assert_eq!(state(&cancel(&mut jobs, &job.id).await), pb::JobState::Cancelled);
     while alive(pid) {
         assert!(
             cancelled_at.elapsed() < Duration::from_secs(1),
@@ -240,6 +236,31 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// Waits until `MM_JOBS` holds at least `n` messages (waiting or being worked on).
+async fn wait_for_job_messages(js: &mediamesh_bus::async_nats::jetstream::Context, n: u64) {
+    let started = std::time::Instant::now();
+    loop {
+        let mut stream = js.get_stream("MM_JOBS").await.unwrap();
+        if stream.info().await.unwrap().state.messages >= n {
+            return;
+        }
+        assert!(started.elapsed() < JOB_DEADLINE, "jobs never reached JetStream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Cancels the job; returns it as the cancel left it.
+async fn cancel(jobs: &mut JobServiceClient<Channel>, job_id: &str) -> pb::Job {
+    jobs.cancel_job(pb::CancelJobRequest {
+        job_id: job_id.to_owned(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .job
+    .unwrap()
+}
+
 /// A job cancelled while its message waits in JetStream never runs: the worker that gets the
 /// message sees the cancellation and drops it, and the job's outputs never appear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,24 +284,8 @@ async fn a_job_cancelled_while_queued_never_runs() {
     // Both jobs are in JetStream, waiting for a worker.
     let nats = mediamesh_bus::async_nats::connect(mesh.nats.url()).await.unwrap();
     let js = mediamesh_bus::async_nats::jetstream::new(nats);
-    let started = std::time::Instant::now();
-    loop {
-        let mut stream = js.get_stream("MM_JOBS").await.unwrap();
-        if stream.info().await.unwrap().state.messages >= 2 {
-            break;
-        }
-        assert!(started.elapsed() < JOB_DEADLINE, "jobs never reached JetStream");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let cancelled = jobs
-        .cancel_job(pb::CancelJobRequest {
-            job_id: thumbnails.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    wait_for_job_messages(&js, 2).await;
+    let cancelled = cancel(&mut jobs, &thumbnails.id).await;
     assert_eq!(state(&cancelled), pb::JobState::Cancelled);
 
     mesh.start_service(Service::Media).await.unwrap();
@@ -310,6 +315,114 @@ async fn a_job_cancelled_while_queued_never_runs() {
             .all(|f| !f.starts_with(&format!("media/{media_id}/")) || f.ends_with("/original")),
         "no thumbnail was written: {files:?}"
     );
+    mesh.shutdown().await.unwrap();
+}
+
+/// A job cancelled while its message waits behind a running job, on a worker that is up the
+/// whole time, never runs: the cancellation reaches the worker before the message does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_its_worker_is_busy_never_runs() {
+    let mesh = Mesh::start_with(|c| c.media.worker_concurrency = 1).await.unwrap();
+    let mut ingest = mesh.ingest();
+    let mut jobs = mesh.jobs();
+    let busy = submit(&mut ingest, sleep_spec(json!({ "ms": 60_000 }))).await;
+    wait_until(&mut jobs, &busy.id, JOB_DEADLINE, |j| {
+        j.as_ref().is_ok_and(|j| !j.attempts.is_empty())
+    })
+    .await
+    .unwrap();
+    let waiting = submit(&mut ingest, sleep_spec(json!({ "ms": 1 }))).await;
+    // Its message is in JetStream (the busy job's is too, unacked), and the worker, with no
+    // free slot, has not pulled it.
+    let nats = mediamesh_bus::async_nats::connect(mesh.nats.url()).await.unwrap();
+    let js = mediamesh_bus::async_nats::jetstream::new(nats.clone());
+    wait_for_job_messages(&js, 2).await;
+    // The job's body reports progress as soon as it runs: listen for it.
+    let mut updates = nats.subscribe(format!("mm.updates.{}", waiting.id)).await.unwrap();
+    let cancelled = cancel(&mut jobs, &waiting.id).await;
+    assert_eq!(state(&cancelled), pb::JobState::Cancelled);
+    // Free the slot: the worker pulls the cancelled job's message next, then the sentinel's.
+    cancel(&mut jobs, &busy.id).await;
+    let sentinel = submit(&mut ingest, sleep_spec(json!({ "ms": 1 }))).await;
+    assert_eq!(
+        state(&wait_job(&mut jobs, &sentinel.id, JOB_DEADLINE).await.unwrap()),
+        pb::JobState::Succeeded
+    );
+    let waiting = get(&mut jobs, &waiting.id).await;
+    assert_eq!(state(&waiting), pb::JobState::Cancelled);
+    assert!(waiting.attempts.is_empty(), "it never started: {:?}", waiting.attempts);
+    // Its body never ran: any progress it published came before the sentinel ran, so the
+    // server sent it before the answer to this flush.
+    nats.flush().await.unwrap();
+    while let Some(Some(message)) = updates.next().now_or_never() {
+        let update: mediamesh_bus::Update = serde_json::from_slice(&message.payload).unwrap();
+        assert!(
+            !matches!(update, mediamesh_bus::Update::Progress { .. }),
+            "the cancelled job ran: {update:?}"
+        );
+    }
+    let mut stream = js.get_stream("MM_JOBS").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        0,
+        "every message was consumed"
+    );
+    mesh.shutdown().await.unwrap();
+}
+
+/// Workers ask JetStream nothing per job (no stream or message look-up to learn of
+/// cancellations), and send their reports in as few messages as are ready together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_make_no_jetstream_api_call_per_job() {
+    const JOBS: usize = 200;
+    let mesh = Mesh::start_with(|c| c.media.worker_concurrency = 16).await.unwrap();
+    let mut ingest = mesh.ingest();
+    let mut jobs = mesh.jobs();
+    let nats = mediamesh_bus::async_nats::connect(mesh.nats.url()).await.unwrap();
+    let js = mediamesh_bus::async_nats::jetstream::new(nats);
+    // Warm: the worker has its consumer and has read the cancellations.
+    let first = submit(&mut ingest, sleep_spec(json!({ "ms": 1 }))).await;
+    assert_eq!(
+        state(&wait_job(&mut jobs, &first.id, JOB_DEADLINE).await.unwrap()),
+        pb::JobState::Succeeded
+    );
+    let api_before = js.query_account().await.unwrap().requests.total;
+    let reports_before = js
+        .get_stream("MM_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    let ids = submit_all(
+        &mut ingest,
+        "default",
+        (0..JOBS).map(|_| sleep_spec(json!({ "ms": 1 }))).collect(),
+    )
+    .await;
+    for id in &ids {
+        assert_eq!(
+            state(&wait_job(&mut jobs, id, JOB_DEADLINE).await.unwrap()),
+            pb::JobState::Succeeded
+        );
+    }
+    let api_calls = js.query_account().await.unwrap().requests.total - api_before;
+    let messages = js
+        .get_stream("MM_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence
+        - reports_before;
+    println!("{JOBS} jobs: {api_calls} JetStream API calls, {messages} report messages");
+    // Before, two per job (the stream's info and its last cancellation).
+    assert!(api_calls < 20, "{api_calls} JetStream API calls for {JOBS} jobs");
+    assert!(messages as usize <= JOBS, "{messages} report messages for {JOBS} jobs");
     mesh.shutdown().await.unwrap();
 }
 

@@ -5,10 +5,10 @@
 //! | subject | carried by | what |
 //! | --- | --- | --- |
 //! | `mm.jobs.<queue>` | stream `MM_JOBS` (work queue) | a job attempt to run, `Nats-Msg-Id` = `<job id>:<attempt>` |
-//! | `mm.events.<job id>` | stream `MM_EVENTS` (work queue) | started / succeeded / failed reports from workers |
+//! | `mm.events.<queue>` | stream `MM_EVENTS` (work queue) | batches of started / succeeded / failed reports from a queue's workers |
 //! | `mm.updates.<job id>` | core NATS | state changes and progress for `WatchJob` |
-//! | `mm.cancel.<job id>` | core NATS | stop a running job |
-//! | `mm.cancelled.<job id>` | stream `MM_CANCELLED` (last per subject) | jobs cancelled by request, checked before a job starts |
+//! | `mm.cancel.<job id>` | core NATS | a job cancelled at an attempt (the payload): stop it, or never start it |
+//! | `mm.cancelled.<job id>` | stream `MM_CANCELLED` (last per subject) | the same, kept a day: what a worker reads when it starts or reconnects |
 
 mod messages;
 pub mod worker;
@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
-pub use messages::{JobMessage, Update, WorkerEvent};
-use serde::Serialize;
+use futures::StreamExt;
+pub use messages::{JobMessage, Report, ReportBatch, Update, WorkerEvent};
 use uuid::Uuid;
 
 pub use async_nats;
@@ -224,21 +224,26 @@ impl Bus {
         }
     }
 
-    /// Publishes a worker event; returns once JetStream has stored it.
-    pub async fn publish_event(&self, event: &WorkerEvent) -> Result<()> {
-        let subject = format!("mm.events.{}", event.job_id());
-        self.publish_js(subject, trace_headers(), event).await
-    }
-
-    async fn publish_js(&self, subject: String, headers: HeaderMap, body: &impl Serialize) -> Result<()> {
-        let payload = Bytes::from(serde_json::to_vec(body)?);
+    /// Publishes a batch of a queue's worker reports as one message on `mm.events.<queue>`;
+    /// returns once JetStream has stored it.
+    pub async fn publish_reports(&self, queue: &str, batch: &ReportBatch) -> Result<()> {
+        let payload = Bytes::from(serde_json::to_vec(batch)?);
         self.js
-            .publish_with_headers(subject, headers, payload)
+            .publish(format!("mm.events.{queue}"), payload)
             .await
             .map_err(|e| Error::Publish(e.to_string()))?
             .await
             .map_err(|e| Error::Publish(e.to_string()))?;
         Ok(())
+    }
+
+    /// How many times the client has connected: a change means core messages sent meanwhile
+    /// (cancellations) may have been missed.
+    pub fn connects(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fans a state change or progress report out to live watchers (core NATS, best effort).
@@ -265,46 +270,64 @@ impl Bus {
             .map_err(|e| Error::JetStream(e.to_string()))
     }
 
-    /// Asks whichever worker runs the job to stop it (core NATS, best effort: the scheduler's
-    /// state is already CANCELLED, so a report from a worker that missed this changes nothing).
-    pub async fn publish_cancel(&self, job_id: Uuid) -> Result<()> {
+    /// Records that the job was cancelled at `attempt`, then tells the workers. The record
+    /// (`mm.cancelled.<job id>`, stream `MM_CANCELLED`, the last message per job, kept a day)
+    /// is what a worker reads when it starts or reconnects; `mm.cancel.<job id>` (core NATS,
+    /// carrying the attempt) reaches the workers connected now. Returns once the server has
+    /// both, so a job message a worker receives after this returns comes after the cancel on
+    /// its connection: the worker drops it without starting it.
+    pub async fn cancel(&self, job_id: Uuid, attempt: u32) -> Result<()> {
+        let payload = Bytes::from(attempt.to_string());
+        self.js
+            .publish(format!("mm.cancelled.{job_id}"), payload.clone())
+            .await
+            .map_err(|e| Error::Publish(e.to_string()))?
+            .await
+            .map_err(|e| Error::Publish(e.to_string()))?;
         self.client
-            .publish(format!("mm.cancel.{job_id}"), Bytes::new())
+            .publish(format!("mm.cancel.{job_id}"), payload)
             .await
             .map_err(|e| Error::Publish(e.to_string()))?;
         self.client.flush().await.map_err(|e| Error::Publish(e.to_string()))
     }
 
-    /// Records that the job was cancelled at `attempt`, then asks whichever worker runs it to
-    /// stop.
-    /// The record (`mm.cancelled.<job id>`, stream `MM_CANCELLED`, the last message per job,
-    /// kept a day) is what a worker checks before it starts a delivery, so a job cancelled
-    /// while its message waited in JetStream never runs.
-    pub async fn cancel(&self, job_id: Uuid, attempt: u32) -> Result<()> {
-        self.js
-            .publish(format!("mm.cancelled.{job_id}"), Bytes::from(attempt.to_string()))
-            .await
-            .map_err(|e| Error::Publish(e.to_string()))?
-            .await
-            .map_err(|e| Error::Publish(e.to_string()))?;
-        self.publish_cancel(job_id).await
-    }
-
-    /// Whether the job was cancelled at or after `attempt` (a retry after the cancel runs a
-    /// later attempt, which is not cancelled).
-    pub async fn is_cancelled(&self, job_id: Uuid, attempt: u32) -> Result<bool> {
-        let stream = self.js.get_stream(CANCELLED_STREAM).await.map_err(js_err)?;
-        match stream
-            .get_last_raw_message_by_subject(&format!("mm.cancelled.{job_id}"))
-            .await
-        {
-            Ok(message) => Ok(std::str::from_utf8(&message.payload)
-                .ok()
-                .and_then(|s| s.parse::<u32>().ok())
-                .is_some_and(|cancelled_at| cancelled_at >= attempt)),
-            Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(err) => Err(js_err(err)),
+    /// Every cancellation recorded in `MM_CANCELLED` (the last day's), as (job, attempt): what
+    /// a worker must know before it starts jobs, and again after a reconnect.
+    pub async fn recorded_cancellations(&self) -> Result<Vec<(Uuid, u32)>> {
+        let mut stream = self.js.get_stream(CANCELLED_STREAM).await.map_err(js_err)?;
+        let stored = stream.info().await.map_err(js_err)?.state.messages;
+        if stored == 0 {
+            return Ok(Vec::new());
         }
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                deliver_policy: consumer::DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(js_err)?;
+        let mut messages = consumer.messages().await.map_err(js_err)?;
+        let mut out = Vec::with_capacity(usize::try_from(stored).unwrap_or(0));
+        let read = async {
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(js_err)?;
+                if let Some(cancel) = parse_cancel(message.subject.as_str(), &message.payload) {
+                    out.push(cancel);
+                }
+                if message.info().map_or(true, |info| info.pending == 0) {
+                    break;
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .map_err(|_| Error::JetStream("reading MM_CANCELLED timed out".to_owned()))??;
+        let name = consumer.cached_info().name.clone();
+        let _ = stream.delete_consumer(&name).await;
+        Ok(out)
     }
 
     pub async fn subscribe_cancels(&self) -> Result<async_nats::Subscriber> {
@@ -313,6 +336,13 @@ impl Bus {
             .await
             .map_err(|e| Error::JetStream(e.to_string()))
     }
+}
+
+/// A cancellation (`mm.cancel.<job id>` or `mm.cancelled.<job id>`, the attempt as payload).
+pub fn parse_cancel(subject: &str, payload: &[u8]) -> Option<(Uuid, u32)> {
+    let job_id = Uuid::parse_str(subject.rsplit('.').next()?).ok()?;
+    let attempt = std::str::from_utf8(payload).ok()?.trim().parse().ok()?;
+    Some((job_id, attempt))
 }
 
 /// The W3C trace context of the current span as NATS headers.
@@ -328,4 +358,18 @@ fn trace_headers() -> HeaderMap {
 pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let Some(headers) = headers else { return };
     mediamesh_telemetry::set_parent(span, |key| headers.get(key).map(|v| v.as_str().to_owned()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancellations_name_the_job_and_the_attempt() {
+        let id = Uuid::now_v7();
+        assert_eq!(parse_cancel(&format!("mm.cancel.{id}"), b"3"), Some((id, 3)));
+        assert_eq!(parse_cancel(&format!("mm.cancelled.{id}"), b"0"), Some((id, 0)));
+        assert_eq!(parse_cancel(&format!("mm.cancel.{id}"), b""), None);
+        assert_eq!(parse_cancel("mm.cancel.not-a-job", b"1"), None);
+    }
 }

@@ -20,7 +20,7 @@ pub struct JobMessage {
     pub max_attempts: u32,
 }
 
-/// What a worker reports about an attempt, on `mm.events.<job id>`.
+/// What a worker reports about an attempt; workers send them in batches ([`ReportBatch`]).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerEvent {
@@ -99,4 +99,82 @@ pub enum Update {
         progress: f32,
         message: String,
     },
+}
+
+/// A worker's report with the trace context of the attempt it is about, so that the
+/// scheduler's span applying it joins the attempt's trace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub event: WorkerEvent,
+    /// The attempt span's W3C `traceparent`, when traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// The reports one worker had ready at once, in the order they happened: one message on
+/// `mm.events.<queue>`, one JetStream publish and one ack for the lot.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReportBatch {
+    pub reports: Vec<Report>,
+}
+
+impl ReportBatch {
+    /// Reads a message of `MM_EVENTS`: a batch, or a single report as workers before batching
+    /// sent them (on `mm.events.<job id>`, the trace context in the headers).
+    pub fn decode(payload: &[u8], header_traceparent: Option<&str>) -> Result<Self, serde_json::Error> {
+        match serde_json::from_slice::<Self>(payload) {
+            Ok(batch) => Ok(batch),
+            Err(batch_err) => match serde_json::from_slice::<WorkerEvent>(payload) {
+                Ok(event) => Ok(Self {
+                    reports: vec![Report {
+                        event,
+                        traceparent: header_traceparent.map(str::to_owned),
+                    }],
+                }),
+                Err(_) => Err(batch_err),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(attempt: u32) -> WorkerEvent {
+        WorkerEvent::Started {
+            job_id: Uuid::nil(),
+            attempt,
+            worker_id: "w".to_owned(),
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_batch_round_trips_in_order() {
+        let batch = ReportBatch {
+            reports: vec![
+                Report {
+                    event: started(1),
+                    traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+                },
+                Report {
+                    event: started(2),
+                    traceparent: None,
+                },
+            ],
+        };
+        let bytes = serde_json::to_vec(&batch).unwrap();
+        assert_eq!(ReportBatch::decode(&bytes, None).unwrap(), batch);
+    }
+
+    #[test]
+    fn a_single_report_of_an_older_worker_reads_as_a_batch_of_one() {
+        let bytes = serde_json::to_vec(&started(3)).unwrap();
+        let batch = ReportBatch::decode(&bytes, Some("00-abc-def-01")).unwrap();
+        assert_eq!(batch.reports.len(), 1);
+        assert_eq!(batch.reports[0].event.attempt(), 3);
+        assert_eq!(batch.reports[0].traceparent.as_deref(), Some("00-abc-def-01"));
+        assert!(ReportBatch::decode(b"{\"type\":\"nonsense\"}", None).is_err());
+    }
 }

@@ -1,15 +1,15 @@
-//! Applies workers' reports (stream `MM_EVENTS`) as guarded transitions, then tells live
-//! watchers. Reports that arrive together are applied together: up to [`BATCH`] in one
-//! transaction, one commit for the lot. A report is acked only after its transition
-//! committed; a report that changes nothing (late, repeated, for another attempt) is acked and
-//! dropped.
+//! Applies workers' reports (stream `MM_EVENTS`, a batch of a worker's reports per message)
+//! as guarded transitions, then tells live watchers. Messages that arrive together are applied
+//! together: up to [`BATCH`] messages in one transaction, one commit for the lot. A message is
+//! acked only after its reports' transitions committed; a report that changes nothing (late,
+//! repeated, for another attempt) is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use mediamesh_bus::async_nats::jetstream::AckKind;
-use mediamesh_bus::{Bus, Update, WorkerEvent};
+use mediamesh_bus::{Bus, ReportBatch, Update, WorkerEvent};
 use mediamesh_store::{CompletedTransition, JobEventRow, Report, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -84,7 +84,18 @@ async fn pause(shutdown: &CancellationToken, d: Duration) {
     }
 }
 
-/// Applies a batch of reports; returns whether any changed a job.
+/// A worker's report as it arrived: the report, the message that carried it (with others of
+/// the same worker), and the span that applies it.
+struct Arrived {
+    event: WorkerEvent,
+    message: usize,
+    span: tracing::Span,
+}
+
+/// Applies the reports of a batch of messages (each a worker's batch of reports) in one
+/// transaction; returns whether any changed a job. A message is acked once all of its
+/// reports are applied, and asked for again when any of them failed (applying a report twice
+/// changes nothing).
 async fn handle_batch(
     store: &Store,
     bus: &Bus,
@@ -92,38 +103,58 @@ async fn handle_batch(
     metrics: &SchedulerMetrics,
     messages: Vec<mediamesh_bus::async_nats::jetstream::Message>,
 ) -> bool {
-    let mut parsed = Vec::with_capacity(messages.len());
+    let mut arrived = Vec::with_capacity(messages.len());
+    let mut carriers = Vec::with_capacity(messages.len());
     for message in messages {
-        match serde_json::from_slice::<WorkerEvent>(&message.payload) {
-            Ok(event) => {
-                let span = tracing::info_span!("apply_event", job_id = %event.job_id());
-                mediamesh_bus::set_parent_from_headers(&span, message.headers.as_ref());
-                parsed.push((event, message, span));
+        let header_traceparent = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_owned());
+        match ReportBatch::decode(&message.payload, header_traceparent.as_deref()) {
+            Ok(batch) => {
+                for report in batch.reports {
+                    let span = tracing::info_span!("apply_event", job_id = %report.event.job_id());
+                    if let Some(traceparent) = &report.traceparent {
+                        mediamesh_telemetry::set_parent(&span, |key| {
+                            (key == "traceparent").then(|| traceparent.clone())
+                        });
+                    }
+                    arrived.push(Arrived {
+                        event: report.event,
+                        message: carriers.len(),
+                        span,
+                    });
+                }
+                carriers.push(message);
             }
             Err(err) => {
-                tracing::error!(error = %err, subject = %message.subject, "dropping malformed worker event");
+                tracing::error!(error = %err, subject = %message.subject, "dropping malformed worker reports");
                 let _ = message.ack_with(AckKind::Term).await;
             }
         }
     }
-    if parsed.is_empty() {
+    if arrived.is_empty() {
+        for message in &carriers {
+            let _ = message.ack().await;
+        }
         return false;
     }
     // An outcome that carries its start (the attempt was too short to report it) stands for
     // two reports: the start first.
-    let mut reports: Vec<Report<'_>> = Vec::with_capacity(parsed.len() + 1);
-    let mut owner: Vec<usize> = Vec::with_capacity(parsed.len() + 1);
-    for (i, (event, _, _)) in parsed.iter().enumerate() {
-        if let Some(at) = event.unreported_start() {
+    let mut reports: Vec<Report<'_>> = Vec::with_capacity(arrived.len() + 1);
+    let mut owner: Vec<usize> = Vec::with_capacity(arrived.len() + 1);
+    for (i, a) in arrived.iter().enumerate() {
+        if let Some(at) = a.event.unreported_start() {
             reports.push(Report::Started {
-                job_id: event.job_id(),
-                attempt: to_i32(event.attempt()),
-                worker_id: event.worker_id(),
+                job_id: a.event.job_id(),
+                attempt: to_i32(a.event.attempt()),
+                worker_id: a.event.worker_id(),
                 at,
             });
             owner.push(i);
         }
-        reports.push(report(config, event));
+        reports.push(report(config, &a.event));
         owner.push(i);
     }
     let results: Vec<mediamesh_store::Result<Option<CompletedTransition>>> = match store.apply_reports(&reports).await {
@@ -142,33 +173,43 @@ async fn handle_batch(
             }
             results
         }
+        // A single report: its error is its result.
         Err(err) => vec![Err(err)],
     };
-    let mut per_message: Vec<Vec<mediamesh_store::Result<Option<CompletedTransition>>>> =
-        parsed.iter().map(|_| Vec::new()).collect();
+    let mut per_report: Vec<Vec<mediamesh_store::Result<Option<CompletedTransition>>>> =
+        arrived.iter().map(|_| Vec::new()).collect();
     for (i, result) in owner.into_iter().zip(results) {
-        per_message[i].push(result);
+        per_report[i].push(result);
     }
     let mut changed = false;
-    for ((event, message, span), results) in parsed.iter().zip(per_message) {
+    let mut failed = vec![false; carriers.len()];
+    for (a, results) in arrived.iter().zip(per_report) {
         // Instrumented, never entered across an await: a span entered in an async fn leaks
         // onto whatever else the thread runs meanwhile.
-        changed |= conclude(bus, metrics, event, message, results)
-            .instrument(span.clone())
+        let (report_changed, report_failed) = conclude(bus, metrics, &a.event, results)
+            .instrument(a.span.clone())
             .await;
+        changed |= report_changed;
+        failed[a.message] |= report_failed;
+    }
+    for (message, failed) in carriers.iter().zip(failed) {
+        if failed {
+            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
+        } else {
+            let _ = message.ack().await;
+        }
     }
     changed
 }
 
-/// Tells watchers of what a message's reports changed (a start and an outcome, or one of
-/// them) and acks it, or asks for it again later when any of them could not be applied.
+/// Tells watchers of what a report changed (a start and an outcome, or one of them); returns
+/// whether it changed a job and whether any of it could not be applied.
 async fn conclude(
     bus: &Bus,
     metrics: &SchedulerMetrics,
     event: &WorkerEvent,
-    message: &mediamesh_bus::async_nats::jetstream::Message,
     results: Vec<mediamesh_store::Result<Option<CompletedTransition>>>,
-) -> bool {
+) -> (bool, bool) {
     let mut changed = false;
     let mut failed = false;
     for result in results {
@@ -188,12 +229,7 @@ async fn conclude(
             }
         }
     }
-    if failed {
-        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
-    } else {
-        let _ = message.ack().await;
-    }
-    changed
+    (changed, failed)
 }
 
 /// Tells live watchers of a recorded transition (core NATS, best effort: a watcher that
