@@ -13,7 +13,7 @@ use mediamesh_proto::v1::ingest_service_client::IngestServiceClient;
 use mediamesh_proto::v1::job_service_client::JobServiceClient;
 use mediamesh_proto::v1::media_service_client::MediaServiceClient;
 use mediamesh_server::auth::{AuthMode, AuthedChannel, Credentials};
-use mediamesh_testkit::{Mesh, read_fixture, upload_parts};
+use mediamesh_testkit::{Mesh, Service, read_fixture, upload_parts};
 use uuid::Uuid;
 
 use crate::{JOB_DEADLINE, as_tenant, code_of};
@@ -478,7 +478,7 @@ async fn each_quota_refuses_with_retry_after_and_stores_nothing() {
     assert_eq!(count_jobs(&mesh, tenant).await, 0);
 
     // Jobs per hour: the fourth is refused with a retry-after within the hour; once the
-    // first jobs are an hour old (their rows moved back, as time would), it goes through.
+    // first jobs are an hour old (their counts moved back, as time would), it goes through.
     set_quotas(
         &mesh,
         tenant,
@@ -507,7 +507,7 @@ async fn each_quota_refuses_with_retry_after_and_stores_nothing() {
     assert_eq!(count_jobs(&mesh, tenant).await, 3, "nothing stored for refused submits");
     execute(
         &mesh,
-        "UPDATE scheduler.jobs SET created_at = created_at - interval '61 minutes'",
+        "UPDATE scheduler.submit_counts SET start = start - interval '61 minutes'",
     )
     .await;
     submit(&mut c, scheduled()).await.unwrap();
@@ -524,12 +524,14 @@ async fn each_quota_refuses_with_retry_after_and_stores_nothing() {
     .await;
     let status = submit(&mut c, scheduled()).await.unwrap_err();
     assert_quota(&status, ErrorCode::QuotaExceeded, "jobs_per_day");
+    // The day counts by the hour: the oldest jobs' hour leaves it within an hour of their
+    // being a day old.
     let wait = retry_after(&status).unwrap();
-    assert!((80_000..=86_400).contains(&wait), "retry after about a day: {wait}");
+    assert!((79_000..=86_400).contains(&wait), "retry after about a day: {wait}");
     assert_eq!(count_jobs(&mesh, tenant).await, 4);
     execute(
         &mesh,
-        "UPDATE scheduler.jobs SET created_at = created_at - interval '25 hours'",
+        "UPDATE scheduler.submit_counts SET start = start - interval '25 hours'",
     )
     .await;
     submit(&mut c, scheduled()).await.unwrap();
@@ -637,6 +639,86 @@ async fn each_quota_refuses_with_retry_after_and_stores_nothing() {
         .into_inner();
     assert_eq!(t.usage.unwrap().stored_bytes, (audio.len() + photo.len()) as u64);
     assert_eq!(t.overrides.unwrap().stored_bytes, Some(0));
+    mesh.shutdown().await.unwrap();
+}
+
+/// Many SubmitJob calls at once: the scheduler commits them in groups (fewer commits than
+/// calls, as its metrics count them), and a jobs-per-hour quota lets exactly its limit in,
+/// refusing the rest whole, however the calls interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submits_commit_in_groups_and_a_quota_admits_exactly_its_limit() {
+    const CALLS: usize = 300;
+    const LIMIT: u64 = 120;
+    let mesh = mesh_with_keys().await;
+    let tenant = "burst";
+    let c = client(&mesh, &mesh.create_key(tenant).await.unwrap());
+    set_quotas(
+        &mesh,
+        tenant,
+        pb::Quotas {
+            jobs_per_hour: Some(LIMIT),
+            submits_per_second: Some(100_000.0),
+            submit_burst: Some(100_000),
+            ..Default::default()
+        },
+    )
+    .await;
+    let scheduled = || pb::JobSpec {
+        run_at: Some(mediamesh_core::to_timestamp(
+            chrono::Utc::now() + chrono::Duration::hours(2),
+        )),
+        ..sleep_spec(0)
+    };
+    let calls = (0..CALLS).map(|_| {
+        let mut ingest = c.ingest.clone();
+        let spec = scheduled();
+        tokio::spawn(async move { ingest.submit_job(pb::SubmitJobRequest { job: Some(spec) }).await })
+    });
+    let mut admitted = HashSet::new();
+    let mut refused = 0;
+    for call in futures::future::join_all(calls).await {
+        match call.unwrap() {
+            Ok(response) => {
+                assert!(admitted.insert(response.into_inner().job.unwrap().id), "a job id twice");
+            }
+            Err(status) => {
+                assert_quota(&status, ErrorCode::QuotaExceeded, "jobs_per_hour");
+                assert!(retry_after(&status).is_some_and(|s| s <= 3600), "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(admitted.len() as u64, LIMIT, "exactly the quota's jobs are admitted");
+    assert_eq!(refused, CALLS - LIMIT as usize);
+    assert_eq!(
+        count_jobs(&mesh, tenant).await,
+        LIMIT as i64,
+        "nothing stored for refused calls"
+    );
+
+    // The scheduler's group commit: calls per commit, as a histogram (count: commits, sum: calls).
+    let addr = mesh
+        .metrics_addr(Service::Scheduler)
+        .expect("the test kit turns metrics on");
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let commits = value("mediamesh_scheduler_submit_group_calls_count");
+    let calls = value("mediamesh_scheduler_submit_group_calls_sum");
+    println!("{calls} CreateJobs calls in {commits} commits");
+    assert!(
+        calls >= CALLS as f64,
+        "every call went through the group commit: {calls}"
+    );
+    assert!(commits < calls, "{calls} calls took {commits} commits");
     mesh.shutdown().await.unwrap();
 }
 

@@ -134,14 +134,15 @@ impl Store {
         Ok(())
     }
 
-    /// Jobs created in the last hour and day, stored bytes and jobs in flight.
+    /// Jobs created in the last hour and day (as the job quotas count them: by the minute and
+    /// by the hour), stored bytes and jobs in flight.
     pub async fn tenant_usage(&self, tenant: &str) -> Result<TenantUsageRow> {
         Ok(sqlx::query_as(
             "SELECT \
-               (SELECT count(*) FROM scheduler.jobs WHERE tenant = $1 \
-                  AND created_at > now() - interval '1 hour') AS jobs_last_hour, \
-               (SELECT count(*) FROM scheduler.jobs WHERE tenant = $1 \
-                  AND created_at > now() - interval '1 day') AS jobs_last_day, \
+               (SELECT coalesce(sum(jobs), 0)::bigint FROM scheduler.submit_counts WHERE tenant = $1 \
+                  AND span = 'minute' AND start > now() - interval '1 hour') AS jobs_last_hour, \
+               (SELECT coalesce(sum(jobs), 0)::bigint FROM scheduler.submit_counts WHERE tenant = $1 \
+                  AND span = 'hour' AND start > now() - interval '1 day') AS jobs_last_day, \
                (SELECT coalesce(sum(bytes), 0)::bigint FROM ingest.media WHERE tenant = $1) AS stored_bytes, \
                (SELECT count(*) FROM scheduler.jobs WHERE tenant = $1 \
                   AND state IN ('QUEUED', 'RUNNING') AND dispatched_at IS NOT NULL) AS running_jobs",

@@ -177,35 +177,10 @@ pub struct FeedFilter {
     pub media_id: Option<Uuid>,
 }
 
-/// A tenant's job quotas as the scheduler enforces them (0: no limit).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct JobQuota {
-    pub jobs_per_hour: u64,
-    pub jobs_per_day: u64,
-    pub running_jobs: u64,
-}
-
-/// A job quota that refused a submit.
-#[derive(Clone, Debug)]
-pub struct QuotaHit {
-    /// `jobs_per_hour` or `jobs_per_day`.
-    pub quota: &'static str,
-    pub limit: i64,
-    /// Jobs already in the window.
-    pub used: i64,
-    /// When enough jobs will have left the window for this submit to fit.
-    pub retry_after_secs: f64,
-}
-
-/// Inserts `jobs` (one statement for the jobs and their first events, whatever their number)
-/// and links their dependencies. A job whose idempotency key is taken comes back as the job
-/// that holds it, marked not new. In the order of `jobs`. With `running_limit` (tenant,
-/// limit), `scheduler.tenant_limits` is brought in line (0: no limit) by the same statement.
-async fn insert_jobs(
-    tx: &mut sqlx::PgConnection,
-    jobs: &[NewJob],
-    running_limit: Option<(&str, i32)>,
-) -> Result<Vec<(JobRow, bool)>> {
+/// Inserts `jobs` (one statement for the jobs and their first events, whatever their number
+/// and tenants) and links their dependencies. A job whose idempotency key is taken comes back
+/// as the job that holds it, marked not new. In the order of `jobs`.
+pub(crate) async fn insert_jobs(tx: &mut sqlx::PgConnection, jobs: &[&NewJob]) -> Result<Vec<(JobRow, bool)>> {
     let inserted: Vec<JobRow> = sqlx::query_as(
         "WITH input AS ( \
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::uuid[], \
@@ -223,13 +198,7 @@ async fn insert_jobs(
            ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING *), \
          events AS ( \
            INSERT INTO scheduler.job_events (job_id, state, attempt) \
-           SELECT ins.id, ins.state, 0 FROM ins JOIN input USING (id) ORDER BY input.n), \
-         unlimited AS ( \
-           DELETE FROM scheduler.tenant_limits WHERE tenant = $14 AND $15 = 0), \
-         limited AS ( \
-           INSERT INTO scheduler.tenant_limits (tenant, running_jobs) SELECT $14, $15 WHERE $15 > 0 \
-           ON CONFLICT (tenant) DO UPDATE SET running_jobs = EXCLUDED.running_jobs, updated_at = now() \
-           WHERE scheduler.tenant_limits.running_jobs <> EXCLUDED.running_jobs) \
+           SELECT ins.id, ins.state, 0 FROM ins JOIN input USING (id) ORDER BY input.n) \
          SELECT * FROM ins",
     )
     .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
@@ -249,8 +218,6 @@ async fn insert_jobs(
             .collect::<Vec<_>>(),
     )
     .bind(jobs.iter().map(|j| j.traceparent.as_deref()).collect::<Vec<_>>())
-    .bind(running_limit.map(|(tenant, _)| tenant))
-    .bind(running_limit.map_or(0, |(_, limit)| limit))
     .fetch_all(&mut *tx)
     .await?;
     let mut inserted: std::collections::HashMap<Uuid, JobRow> = inserted.into_iter().map(|row| (row.id, row)).collect();
@@ -419,75 +386,6 @@ impl CompletedTransition {
 }
 
 impl Store {
-    /// Commits the jobs in one transaction. A job whose idempotency key the tenant used before
-    /// is not inserted: the earlier job is returned with `false`.
-    pub async fn create_jobs(&self, jobs: &[NewJob]) -> Result<Vec<(JobRow, bool)>> {
-        // Without quotas nothing can be refused.
-        Ok(self.create_jobs_within(jobs, None).await?.unwrap_or_default())
-    }
-
-    /// [`Store::create_jobs`] within the tenant's job quotas: when the new jobs would take the
-    /// tenant over its jobs per hour or per day, nothing is committed and the quota hit is
-    /// returned. The tenant's submits serialize on an advisory lock while quotas are set. The
-    /// tenant's running-jobs limit is recorded for the dispatcher.
-    pub async fn create_jobs_within(
-        &self,
-        jobs: &[NewJob],
-        quota: Option<JobQuota>,
-    ) -> Result<std::result::Result<Vec<(JobRow, bool)>, QuotaHit>> {
-        let Some(tenant) = jobs.first().map(|j| j.tenant.clone()) else {
-            return Ok(Ok(Vec::new()));
-        };
-        let mut tx = self.pool().begin().await?;
-        let counted = quota.is_some_and(|q| q.jobs_per_hour > 0 || q.jobs_per_day > 0);
-        if counted {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mediamesh.jobs.' || $1))")
-                .bind(&tenant)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // The tenant's running-jobs limit, recorded for the dispatcher in the same statement.
-        let running_limit = quota.map(|q| (tenant.as_str(), i32::try_from(q.running_jobs).unwrap_or(i32::MAX)));
-        let quota = quota.unwrap_or_default();
-        let out = insert_jobs(&mut tx, jobs, running_limit).await?;
-        if counted && out.iter().any(|(_, new)| *new) {
-            for (name, limit, window) in [
-                ("jobs_per_hour", quota.jobs_per_hour, 3600.0),
-                ("jobs_per_day", quota.jobs_per_day, 86_400.0),
-            ] {
-                if limit == 0 {
-                    continue;
-                }
-                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-                // The jobs of the window, this transaction's included; when over, how long
-                // until enough of the oldest leave it.
-                let (count, retry_after): (i64, Option<f64>) = sqlx::query_as(
-                    "WITH w AS (SELECT created_at FROM scheduler.jobs WHERE tenant = $1 \
-                       AND created_at > now() - make_interval(secs => $2)) \
-                     SELECT (SELECT count(*) FROM w), \
-                       (SELECT extract(epoch FROM created_at + make_interval(secs => $2) - now())::float8 \
-                        FROM w ORDER BY created_at OFFSET greatest((SELECT count(*) FROM w) - $3 - 1, 0) LIMIT 1)",
-                )
-                .bind(&tenant)
-                .bind(window)
-                .bind(limit)
-                .fetch_one(&mut *tx)
-                .await?;
-                if count > limit {
-                    tx.rollback().await?;
-                    return Ok(Err(QuotaHit {
-                        quota: name,
-                        limit,
-                        used: count - out.iter().filter(|(_, new)| *new).count() as i64,
-                        retry_after_secs: retry_after.unwrap_or(window).max(1.0),
-                    }));
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(Ok(out))
-    }
-
     /// The dependencies of the given jobs, as (job id, dependency id) pairs.
     pub async fn dependencies_of(&self, job_ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>> {
         Ok(sqlx::query_as(

@@ -5,6 +5,7 @@ mod ai;
 mod auth;
 mod jobs;
 mod media;
+mod submit;
 
 use std::time::Duration;
 
@@ -12,12 +13,12 @@ pub use ai::{AiCall, BudgetRow, SpendRow};
 pub use auth::{ApiKeyRow, TenantUsageRow};
 pub use jobs::{
     AttemptRow, AttemptRun, ChildResult, CompletedTransition, DispatchLimits, DueJob, FeedEvent, FeedFilter,
-    JobEventRow, JobFilter, JobQuota, JobRow, NewJob, Pruned, QueueCounts, QueueRates, QuotaHit, Report,
-    RetentionPolicy, RetryFilter,
+    JobEventRow, JobFilter, JobRow, NewJob, Pruned, QueueCounts, QueueRates, Report, RetentionPolicy, RetryFilter,
 };
 pub use media::{MediaRow, NewMedia};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
+pub use submit::{JobQuota, QuotaHit, Submit, Submitted};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

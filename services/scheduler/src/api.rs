@@ -14,7 +14,9 @@ use mediamesh_core::{
 use mediamesh_proto::v1 as pb;
 use mediamesh_proto::v1::job_service_server::JobService;
 use mediamesh_proto::v1::scheduler_internal_service_server::SchedulerInternalService;
-use mediamesh_store::{FeedFilter, JobEventRow, JobFilter, JobQuota, JobRow, NewJob, RetryFilter, Store};
+use mediamesh_store::{
+    FeedFilter, JobEventRow, JobFilter, JobQuota, JobRow, NewJob, RetryFilter, Store, Submit, Submitted,
+};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,8 @@ pub struct JobApi {
     ai_kinds: Arc<std::collections::HashSet<JobKind>>,
     metrics: Option<crate::metrics::SchedulerMetrics>,
     progress: ProgressBook,
+    /// Commits `CreateJobs` calls in groups.
+    submitter: crate::submit::Submitter,
 }
 
 impl JobApi {
@@ -51,6 +55,7 @@ impl JobApi {
         ai_kinds: std::collections::HashSet<JobKind>,
     ) -> Self {
         Self {
+            submitter: crate::submit::Submitter::spawn(store.clone(), None),
             store,
             bus,
             wake,
@@ -69,6 +74,9 @@ impl JobApi {
     }
 
     pub fn with_metrics(mut self, metrics: crate::metrics::SchedulerMetrics) -> Self {
+        // The submit task counts its groups (the one started without metrics ends with its
+        // handle).
+        self.submitter = crate::submit::Submitter::spawn(self.store.clone(), Some(metrics.submit_group.clone()));
         self.metrics = Some(metrics);
         self
     }
@@ -764,14 +772,20 @@ impl SchedulerInternalService for JobApi {
             jobs_per_day: q.jobs_per_day,
             running_jobs: q.running_jobs,
         });
-        let created = match self
-            .store
-            .create_jobs_within(&new_jobs, quota)
+        let no_dependencies: Vec<bool> = new_jobs.iter().map(|job| job.depends_on.is_empty()).collect();
+        let count = new_jobs.len();
+        let submitted = self
+            .submitter
+            .submit(Submit {
+                tenant: tenant.clone(),
+                jobs: new_jobs,
+                quota,
+            })
             .await
-            .map_err(Error::from)?
-        {
-            Ok(created) => created,
-            Err(hit) => {
+            .map_err(Error::from)?;
+        let created = match submitted {
+            Submitted::Created(created) => created,
+            Submitted::Refused(hit) => {
                 let window = if hit.quota == "jobs_per_hour" { "hour" } else { "day" };
                 return Err(Error::new(
                     ErrorCode::QuotaExceeded,
@@ -781,7 +795,7 @@ impl SchedulerInternalService for JobApi {
                         hit.quota,
                         hit.used,
                         hit.limit,
-                        new_jobs.len(),
+                        count,
                         hit.retry_after_secs.ceil()
                     ),
                 )
@@ -789,10 +803,7 @@ impl SchedulerInternalService for JobApi {
                 .into());
             }
         };
-        let created: Vec<_> = created
-            .into_iter()
-            .zip(new_jobs.iter().map(|job| job.depends_on.is_empty()))
-            .collect();
+        let created: Vec<_> = created.into_iter().zip(no_dependencies).collect();
         self.wake.notify_one();
         let mut out = Vec::with_capacity(created.len());
         for ((row, inserted), no_dependencies) in created {

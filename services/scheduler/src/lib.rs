@@ -11,6 +11,7 @@ mod events;
 mod feed;
 mod metrics;
 mod retention;
+mod submit;
 
 use std::sync::Arc;
 use std::time::Duration;

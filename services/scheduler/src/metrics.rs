@@ -8,6 +8,8 @@ use mediamesh_store::{CompletedTransition, Store};
 pub struct SchedulerMetrics {
     pub submitted: Counter,
     pub submit_latency: Histogram,
+    /// `CreateJobs` calls committed together, per commit.
+    pub submit_group: Histogram,
     outcomes: Counter,
     run_duration: Histogram,
     dispatch_wait: Histogram,
@@ -63,6 +65,12 @@ impl SchedulerMetrics {
                 "How long CreateJobs took",
                 &[],
                 LATENCY_BUCKETS,
+            ),
+            submit_group: registry.histogram(
+                "mediamesh_scheduler_submit_group_calls",
+                "CreateJobs calls committed in one transaction (group commit)",
+                &[],
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
             ),
             outcomes: registry.counter(
                 "mediamesh_scheduler_job_outcomes_total",

@@ -1,5 +1,6 @@
 //! Deletes finished jobs beyond the configured count per tenant and state, or older than the
-//! configured age, with the output blobs no remaining job refers to.
+//! configured age, with the output blobs no remaining job refers to; and the submit counts
+//! no quota window reaches any more.
 
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ pub async fn run(store: Store, blob: Option<Blob>, config: SchedulerConfig, shut
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
+        }
+        if let Err(err) = store.prune_submit_counts().await {
+            tracing::warn!(error = %err, "pruning old submit counts failed");
         }
         // A full batch means there may be more: go on at once.
         loop {
