@@ -170,32 +170,17 @@ async fn cancelling_a_running_job_kills_its_subprocess_within_a_second() {
     let mut ingest = mesh.ingest();
     let mut jobs = mesh.jobs();
     let job = submit(&mut ingest, sleep_spec(json!({ "ms": 60_000, "subprocess": true }))).await;
-    let mut stream = jobs
-        .watch_job(pb::WatchJobRequest {
-            job_id: job.id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let pid: i32 = tokio::time::timeout(JOB_DEADLINE, async {
-        while let Some(message) = stream.next().await {
-            if let Some(pid) = message.unwrap().message.strip_prefix("pid ") {
-                return pid.parse().unwrap();
-            }
-        }
-        panic!("the watch ended before the job reported its subprocess");
+    // The job reports its subprocess as progress, which GetJob carries once the scheduler has
+    // recorded the attempt RUNNING (so the cancel hits a RUNNING job). A watch started after
+    // the submit could miss it: the worker can start the job before the watch listens.
+    let running = wait_until(&mut jobs, &job.id, JOB_DEADLINE, |j| {
+        j.as_ref().is_ok_and(|j| j.progress_message.starts_with("pid "))
     })
     .await
     .unwrap();
+    let pid: i32 = running.progress_message["pid ".len()..].parse().unwrap();
     assert!(alive(pid), "the subprocess {pid} runs");
-    // The worker's progress (core NATS) can overtake its `started` report (JetStream): wait
-    // until the scheduler has recorded the attempt, so the cancel hits a RUNNING job.
-    wait_until(&mut jobs, &job.id, JOB_DEADLINE, |j| {
-        j.as_ref().is_ok_and(|j| !j.attempts.is_empty())
-    })
-    .await
-    .unwrap();
+    assert!(!running.attempts.is_empty(), "{running:?}");
 
     let cancelled_at = std::time::Instant::now();
     assert_eq!(state(&cancel(&mut jobs, &job.id).await), pb::JobState::Cancelled);
