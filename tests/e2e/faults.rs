@@ -521,3 +521,115 @@ async fn a_job_that_kills_its_workers_ends_failed_after_its_budget() {
     }
     mesh.shutdown().await.unwrap();
 }
+
+/// The sum of the samples of `name` whose labels include `label` in a `/metrics` scrape.
+async fn metric_sum(addr: std::net::SocketAddr, name: &str, label: &str) -> Result<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Jobs whose messages wait in JetStream (no worker running) when the scheduler is SIGKILLed
+/// are not sent again by the next scheduler: a dispatch still unstarted after a second is
+/// recorded in its row, and a scheduler that starts reads those back as sent. Seen from
+/// outside: the new scheduler dispatches only the jobs the old one had not sent, and the
+/// worker runs each job once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scheduler_does_not_send_waiting_jobs_again() {
+    const N: usize = 50;
+    let deadline = Instant::now() + DEADLINE;
+    let mut mesh = ProcessMesh::launch_with(1, |_| {}).await.unwrap();
+    mesh.stop(Process::Media(0)).await.unwrap();
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy(&mesh.database_url)
+        .unwrap();
+    let specs = (0..N)
+        .map(|_| pb::JobSpec {
+            kind: "test.sleep".to_owned(),
+            payload_json: r#"{"ms": 5}"#.to_owned(),
+            ..Default::default()
+        })
+        .collect();
+    let ids: Vec<String> = mesh
+        .ingest()
+        .submit_jobs(pb::SubmitJobsRequest { jobs: specs })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|created| created.job.unwrap().id)
+        .collect();
+    assert_eq!(ids.len(), N);
+
+    // The first scheduler sends as many as the queue's prefetch lets it (32) and, once they
+    // have waited a second, records them.
+    let scheduler_metrics = mesh.metrics_addr(Process::Scheduler).unwrap();
+    let dispatches = "mediamesh_scheduler_dispatch_wait_seconds_count";
+    let sent_before = poll_until(&mut mesh, "the first dispatches", deadline, async |_| {
+        let sent = metric_sum(scheduler_metrics, dispatches, r#"kind="test.sleep""#).await?;
+        Ok((sent > 0.0).then_some(sent))
+    })
+    .await
+    .unwrap();
+    let recorded = poll_until(&mut mesh, "the waiting dispatches recorded", deadline, async |_| {
+        let recorded = count(
+            &db,
+            "SELECT count(*) FROM scheduler.jobs WHERE dispatched_at IS NOT NULL",
+        )
+        .await?;
+        Ok((recorded as f64 == sent_before).then_some(recorded))
+    })
+    .await
+    .unwrap();
+    assert!(
+        (1..N as i64).contains(&recorded),
+        "the prefetch holds some jobs back: {recorded} of {N} sent"
+    );
+    println!("{recorded} of {N} jobs sent and recorded; SIGKILL the scheduler");
+
+    mesh.kill(Process::Scheduler).await.unwrap();
+    mesh.start(Process::Scheduler).await.unwrap();
+    mesh.start(Process::Media(0)).await.unwrap();
+    poll_until(&mut mesh, "every job SUCCEEDED", deadline, async |_| {
+        Ok(Some(succeeded(&db).await?).filter(|n| *n == N as i64))
+    })
+    .await
+    .unwrap();
+
+    let scheduler_metrics = mesh.metrics_addr(Process::Scheduler).unwrap();
+    let sent_after = metric_sum(scheduler_metrics, dispatches, r#"kind="test.sleep""#)
+        .await
+        .unwrap();
+    assert_eq!(
+        sent_after,
+        (N as i64 - recorded) as f64,
+        "the new scheduler sends only the jobs the old one had not sent"
+    );
+    let worker_metrics = mesh.metrics_addr(Process::Media(0)).unwrap();
+    let runs = metric_sum(worker_metrics, "mediamesh_worker_jobs_total", r#"kind="test.sleep""#)
+        .await
+        .unwrap();
+    println!("body runs: {runs} for {N} jobs; dispatches after the restart: {sent_after}");
+    assert_eq!(runs, N as f64, "each job's body ran once");
+    for id in &ids {
+        let job = mesh
+            .jobs()
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(
+            (job.state, job.attempt, job.attempts.len()),
+            (pb::JobState::Succeeded as i32, 1, 1),
+            "job {id}: one attempt, succeeded: {job:?}"
+        );
+    }
+    mesh.shutdown().await.unwrap();
+}

@@ -92,7 +92,6 @@ impl Bench {
             for process in env.processes() {
                 if let Some(vars) = env.of_mut(process) {
                     for key in [
-                        "MM_DISPATCH_INTERVAL_MS",
                         "MM_REDISPATCH_AFTER_SECS",
                         "MM_RETRY_BASE_MS",
                         "MM_RETRY_CAP_MS",
@@ -373,17 +372,16 @@ async fn main() -> Result<()> {
         tokio::spawn(async move {
             let t0 = Instant::now();
             loop {
-                let row: Result<(i64, i64, i64, i64), _> = sqlx::query_as(
-                    "SELECT count(*) FILTER (WHERE state = 'QUEUED' AND dispatched_at IS NULL), \
-                       count(*) FILTER (WHERE state = 'QUEUED' AND dispatched_at IS NOT NULL), \
+                let row: Result<(i64, i64, i64), _> = sqlx::query_as(
+                    "SELECT count(*) FILTER (WHERE state IN ('QUEUED', 'SCHEDULED')), \
                        count(*) FILTER (WHERE state = 'RUNNING'), count(*) FILTER (WHERE state = 'SUCCEEDED') \
                      FROM scheduler.jobs",
                 )
                 .fetch_one(&pool)
                 .await;
-                if let Ok((due, waiting, running, done)) = row {
+                if let Ok((waiting, running, done)) = row {
                     eprintln!(
-                        "{:>6} ms: due {due} waiting {waiting} running {running} succeeded {done}",
+                        "{:>6} ms: waiting {waiting} running {running} succeeded {done}",
                         t0.elapsed().as_millis()
                     );
                 }
@@ -398,21 +396,15 @@ async fn main() -> Result<()> {
     let n = args.latency_rate as usize * args.latency_seconds as usize;
     next += n;
     bench.wait_succeeded(n, Duration::from_secs(300)).await?;
-    let rows: Vec<(f64, f64, f64)> = sqlx::query_as(
+    let rows: Vec<(f64, f64)> = sqlx::query_as(
         "SELECT extract(epoch FROM a.started_at - j.created_at)::float8 * 1000, \
-           extract(epoch FROM j.finished_at - j.created_at)::float8 * 1000, \
-           extract(epoch FROM j.dispatched_at - j.created_at)::float8 * 1000 \
+           extract(epoch FROM j.finished_at - j.created_at)::float8 * 1000 \
          FROM scheduler.jobs j JOIN scheduler.attempts a ON a.job_id = j.id AND a.attempt = j.attempt",
     )
     .fetch_all(bench.store.pool())
     .await?;
     let to_start = Percentiles::of(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
     let to_done = Percentiles::of(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
-    let to_dispatch = Percentiles::of(&rows.iter().map(|r| r.2).collect::<Vec<_>>());
-    eprintln!(
-        "submit -> dispatch p50/p99 {:.2}/{:.2} ms",
-        to_dispatch.p50, to_dispatch.p99
-    );
     eprintln!(
         "at {}/s: submit p99 {:.2} ms; submit -> start p50/p99 {:.2}/{:.2} ms; -> SUCCEEDED p50/p99 {:.2}/{:.2} ms",
         args.latency_rate, p.p99, to_start.p50, to_start.p99, to_done.p50, to_done.p99
@@ -420,7 +412,7 @@ async fn main() -> Result<()> {
     results.insert(
         "latency".to_owned(),
         json!({ "rate": args.latency_rate, "achieved_rate": achieved, "submit_ms": p,
-                "submit_to_dispatch_ms": to_dispatch, "submit_to_start_ms": to_start,
+                "submit_to_start_ms": to_start,
                 "submit_to_succeeded_ms": to_done }),
     );
 
@@ -440,11 +432,6 @@ async fn main() -> Result<()> {
                     bench.submit_bulk(args.n, next).await?;
                 } else {
                     bench.submit_bulk(args.n, next).await?;
-                    if std::env::var_os("MESH_BENCH_PG_STATS").is_some() {
-                        for line in bench.store.explain_claim("media", 32).await? {
-                            eprintln!("{line}");
-                        }
-                    }
                     before = bench.cpu();
                     t0 = chrono::Utc::now();
                     bench.workers(workers, concurrency).await?;

@@ -145,7 +145,7 @@ impl Store {
                   AND span = 'hour' AND start > now() - interval '1 day') AS jobs_last_day, \
                (SELECT coalesce(sum(bytes), 0)::bigint FROM ingest.media WHERE tenant = $1) AS stored_bytes, \
                (SELECT count(*) FROM scheduler.jobs WHERE tenant = $1 \
-                  AND state IN ('QUEUED', 'RUNNING') AND dispatched_at IS NOT NULL) AS running_jobs",
+                  AND state = 'RUNNING') AS running_jobs",
         )
         .bind(tenant)
         .fetch_one(self.pool())

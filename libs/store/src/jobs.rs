@@ -76,58 +76,6 @@ pub struct NewJob {
     pub traceparent: Option<String>,
 }
 
-/// Claims due jobs of a queue ($1) for dispatch: at most $2, tenants in turn with at most $3
-/// each in flight, effective priority aging one level per $4 seconds (see
-/// [`Store::claim_due_jobs`]).
-const CLAIM_SQL: &str = "WITH load AS ( \
-               SELECT tenant, count(*) AS n FROM scheduler.jobs \
-               WHERE queue = $1 AND state IN ('QUEUED', 'RUNNING') AND dispatched_at IS NOT NULL \
-               GROUP BY tenant), \
-             tenant_room AS ( \
-               SELECT t.tenant, t.running_jobs - ( \
-                 SELECT count(*) FROM scheduler.jobs j WHERE j.tenant = t.tenant \
-                   AND j.state IN ('QUEUED', 'RUNNING') AND j.dispatched_at IS NOT NULL) AS room \
-               FROM scheduler.tenant_limits t), \
-             tenants AS ( \
-               SELECT d.tenant FROM ( \
-                 WITH RECURSIVE walk AS ( \
-                   (SELECT tenant FROM scheduler.jobs \
-                    WHERE queue = $1 AND state IN ('QUEUED', 'SCHEDULED') AND dispatched_at IS NULL \
-                      AND pending_deps = 0 ORDER BY tenant LIMIT 1) \
-                   UNION ALL \
-                   SELECT (SELECT j.tenant FROM scheduler.jobs j \
-                           WHERE j.queue = $1 AND j.state IN ('QUEUED', 'SCHEDULED') \
-                             AND j.dispatched_at IS NULL AND j.pending_deps = 0 AND j.tenant > w.tenant \
-                           ORDER BY j.tenant LIMIT 1) \
-                   FROM walk w WHERE w.tenant IS NOT NULL) \
-                 SELECT tenant FROM walk) d WHERE d.tenant IS NOT NULL), \
-             due AS ( \
-               SELECT c.id, c.tenant, c.run_at, \
-                 c.priority + floor(extract(epoch FROM now() - c.run_at) / $4) AS effective \
-               FROM tenants t CROSS JOIN generate_series(1, 10) AS p(level) \
-               CROSS JOIN LATERAL ( \
-                 SELECT j.id, j.tenant, j.run_at, j.priority FROM scheduler.jobs j \
-                 WHERE j.queue = $1 AND j.tenant = t.tenant AND j.priority = p.level \
-                   AND j.state IN ('QUEUED', 'SCHEDULED') AND j.dispatched_at IS NULL \
-                   AND j.pending_deps = 0 AND j.run_at <= now() \
-                 ORDER BY j.run_at LIMIT $2) c), \
-             ranked AS ( \
-               SELECT id, tenant, run_at, effective, \
-                 row_number() OVER (PARTITION BY tenant ORDER BY effective DESC, run_at, id) AS turn \
-               FROM due), \
-             picked AS ( \
-               SELECT r.id FROM ranked r LEFT JOIN load l ON l.tenant = r.tenant \
-                 LEFT JOIN tenant_room t ON t.tenant = r.tenant \
-               WHERE r.turn <= $3 - coalesce(l.n, 0) AND r.turn <= coalesce(t.room, r.turn) \
-               ORDER BY r.turn + coalesce(l.n, 0), r.effective DESC, r.run_at, r.id LIMIT $2) \
-             UPDATE scheduler.jobs j SET attempt = j.attempt + 1, state = 'QUEUED', \
-               dispatched_at = now(), dispatch_seq = NULL, updated_at = now() \
-             WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) \
-               AND j.state IN ('QUEUED', 'SCHEDULED') AND j.dispatched_at IS NULL \
-             RETURNING j.id, j.tenant, j.kind, j.queue, j.media_id, j.payload, j.attempt, \
-               j.timeout_ms, j.priority, j.max_attempts, NULL::bigint AS dispatch_seq, j.traceparent, \
-               greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS waited_secs";
-
 /// A worker's report about one attempt, as [`Store::apply_reports`] applies it.
 #[derive(Clone, Copy, Debug)]
 pub enum Report<'a> {
@@ -246,42 +194,6 @@ pub(crate) async fn insert_jobs(tx: &mut sqlx::PgConnection, jobs: &[&NewJob]) -
     Ok(out)
 }
 
-/// A job claimed for dispatch: its new attempt has been committed, the message is still to send.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct DueJob {
-    pub id: Uuid,
-    pub tenant: String,
-    pub kind: String,
-    pub queue: String,
-    pub media_id: Option<Uuid>,
-    pub payload: serde_json::Value,
-    pub attempt: i32,
-    pub timeout_ms: i64,
-    pub priority: i16,
-    pub max_attempts: i32,
-    /// The stream sequence of the attempt's message, once it was published.
-    pub dispatch_seq: Option<i64>,
-    /// The submitter's W3C trace context.
-    pub traceparent: Option<String>,
-    /// How long the attempt waited to be claimed since it became due (fresh claims only).
-    pub waited_secs: Option<f64>,
-}
-
-/// What the dispatcher may claim in one round for one queue.
-#[derive(Clone, Copy, Debug)]
-pub struct DispatchLimits {
-    /// Jobs to claim, at most.
-    pub batch: i64,
-    /// Jobs of the queue dispatched and not finished, at most.
-    pub max_in_flight: i64,
-    /// Jobs of the queue dispatched and not started yet, at most.
-    pub prefetch: i64,
-    /// Jobs of one tenant dispatched and not finished, at most (0: no cap).
-    pub per_tenant: i64,
-    /// Seconds of waiting worth one priority level (0: no aging).
-    pub aging_secs: f64,
-}
-
 /// Which finished jobs `retry_jobs` takes.
 #[derive(Clone, Debug)]
 pub struct RetryFilter {
@@ -369,6 +281,9 @@ pub struct CompletedTransition {
     /// For a finished attempt (succeeded or failed): the job's kind and when the attempt
     /// started.
     pub attempt_run: Option<AttemptRun>,
+    /// Jobs this transition left with no dependency to wait for: due now, unless their
+    /// `run_at` is later. The dispatcher learns of them from here.
+    pub released: Vec<Uuid>,
 }
 
 /// The kind of job a finished attempt belonged to, and when it started.
@@ -522,88 +437,6 @@ impl Store {
         )
     }
 
-    /// Claims due jobs of `queue` for dispatch within `limits`. Tenants take turns, counting
-    /// the jobs each already has in flight (a tenant with none goes before one with three, even
-    /// when only one slot is free), and within a tenant the highest
-    /// effective priority goes first: the priority plus one level per `aging_secs` waited since
-    /// the job became due, so a low priority is never starved. Each claimed job's attempt is
-    /// incremented and committed before it is published. Schedulers serialize on an advisory
-    /// lock per queue, so two replicas never hand out the same slots.
-    pub async fn claim_due_jobs(&self, queue: &str, limits: DispatchLimits) -> Result<Vec<DueJob>> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mediamesh.dispatch.' || $1))")
-            .bind(queue)
-            .execute(&mut *tx)
-            .await?;
-        let (in_flight, waiting): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE state = 'QUEUED') FROM scheduler.jobs \
-             WHERE queue = $1 AND state IN ('QUEUED', 'RUNNING') AND dispatched_at IS NOT NULL",
-        )
-        .bind(queue)
-        .fetch_one(&mut *tx)
-        .await?;
-        let room = (limits.max_in_flight - in_flight)
-            .min(limits.prefetch - waiting)
-            .min(limits.batch);
-        if room <= 0 {
-            return Ok(Vec::new());
-        }
-        let per_tenant = if limits.per_tenant > 0 {
-            limits.per_tenant
-        } else {
-            i64::MAX
-        };
-        let aging = if limits.aging_secs > 0.0 {
-            limits.aging_secs
-        } else {
-            f64::INFINITY
-        };
-        let claimed: Vec<DueJob> = sqlx::query_as(CLAIM_SQL)
-            .bind(queue)
-            .bind(room)
-            .bind(per_tenant)
-            .bind(aging)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(claimed)
-    }
-
-    /// The plan of a claim as PostgreSQL runs it (EXPLAIN ANALYZE, rolled back): for tuning.
-    pub async fn explain_claim(&self, queue: &str, room: i64) -> Result<Vec<String>> {
-        let mut tx = self.pool().begin().await?;
-        let plan: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (ANALYZE, BUFFERS) {CLAIM_SQL}")))
-                .bind(queue)
-                .bind(room)
-                .bind(i64::MAX)
-                .bind(60.0_f64)
-                .fetch_all(&mut *tx)
-                .await?;
-        tx.rollback().await?;
-        Ok(plan)
-    }
-
-    /// Jobs dispatched more than `older_than_secs` ago that no worker has started: their message
-    /// may have been lost with the broker. Their `dispatched_at` is reset to now, so each is
-    /// looked at again only after another `older_than_secs`; the caller publishes again (same
-    /// attempt, same message id) those whose message is no longer in JetStream.
-    pub async fn stale_dispatches(&self, queue: &str, older_than_secs: f64, limit: i64) -> Result<Vec<DueJob>> {
-        Ok(sqlx::query_as(
-            "UPDATE scheduler.jobs SET dispatched_at = now() WHERE id IN ( \
-               SELECT id FROM scheduler.jobs WHERE queue = $1 AND state = 'QUEUED' \
-                 AND dispatched_at < now() - make_interval(secs => $2) \
-               ORDER BY dispatched_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, tenant, kind, queue, media_id, payload, attempt, timeout_ms, priority, \
-               max_attempts, dispatch_seq, traceparent, NULL::float8 AS waited_secs",
-        )
-        .bind(queue)
-        .bind(older_than_secs)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?)
-    }
-
     /// QUEUED -> RUNNING for this attempt, and the attempt's record. A later attempt of a job
     /// that is already running is a redelivery (its worker died or went silent past
     /// `ack_wait`): the lost attempt is closed as UNAVAILABLE and the job moves on to the new
@@ -718,20 +551,31 @@ impl Store {
         Ok(out)
     }
 
-    /// Any non-terminal state -> CANCELLED. Returns the event when the job changed state.
-    pub async fn cancel_job(&self, tenant: &str, job_id: Uuid) -> Result<Option<CompletedTransition>> {
+    /// Any non-terminal state -> CANCELLED. Returns the transition when the job changed state,
+    /// and the attempt the cancellation covers: the one running, or for a job waiting, the next
+    /// one, which the row moves to (its message may already be on its way: the dispatcher
+    /// records an attempt in the row only when it starts, or when it waits long, see
+    /// [`Store::record_dispatches`]). A retry then runs as the attempt after it, never as one
+    /// the cancellation covers.
+    pub async fn cancel_job(&self, tenant: &str, job_id: Uuid) -> Result<Option<(CompletedTransition, i32)>> {
         let mut tx = self.pool().begin().await?;
-        let attempt: Option<i32> = sqlx::query_scalar(
-            "UPDATE scheduler.jobs SET state = 'CANCELLED', finished_at = now(), updated_at = now(), \
-               error_code = 'CANCELLED', error_message = 'cancelled by request' \
-             WHERE tenant = $1 AND id = $2 AND state IN ('QUEUED', 'SCHEDULED', 'RUNNING') \
-             RETURNING attempt",
+        let cancelled: Option<i32> = sqlx::query_scalar(
+            "UPDATE scheduler.jobs j SET state = 'CANCELLED', finished_at = now(), updated_at = now(), \
+               error_code = 'CANCELLED', error_message = 'cancelled by request', \
+               attempt = CASE WHEN old.waiting THEN j.attempt + 1 ELSE j.attempt END, \
+               dispatched_at = NULL, dispatch_seq = NULL \
+             FROM (SELECT id, state IN ('QUEUED', 'SCHEDULED') AND dispatched_at IS NULL AS waiting \
+                   FROM scheduler.jobs \
+                   WHERE tenant = $1 AND id = $2 AND state IN ('QUEUED', 'SCHEDULED', 'RUNNING') \
+                   FOR UPDATE) old \
+             WHERE j.id = old.id \
+             RETURNING j.attempt",
         )
         .bind(tenant)
         .bind(job_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(attempt) = attempt else {
+        let Some(attempt) = cancelled else {
             return Ok(None);
         };
         sqlx::query(
@@ -744,13 +588,17 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let event = insert_event(&mut tx, job_id, JobState::Cancelled, attempt).await?;
-        let cascaded = settle_dependents(&mut tx, job_id, JobState::Cancelled).await?;
+        let (cascaded, released) = settle_dependents(&mut tx, job_id, JobState::Cancelled).await?;
         tx.commit().await?;
-        Ok(Some(CompletedTransition {
-            event,
-            cascaded,
-            attempt_run: None,
-        }))
+        Ok(Some((
+            CompletedTransition {
+                event,
+                cascaded,
+                attempt_run: None,
+                released,
+            },
+            attempt,
+        )))
     }
 
     /// FAILED or CANCELLED -> QUEUED with a fresh attempt budget. Returns the job as the
@@ -778,6 +626,7 @@ impl Store {
                 event,
                 cascaded: Vec::new(),
                 attempt_run: None,
+                released: Vec::new(),
             },
         )))
     }
@@ -949,17 +798,26 @@ async fn started_in(
 ) -> Result<Option<CompletedTransition>> {
     let previous: Option<(i32, String, Option<DateTime<Utc>>)> = sqlx::query_as(
         "WITH old AS (SELECT attempt, state, dispatched_at FROM scheduler.jobs WHERE id = $1 FOR UPDATE) \
-         UPDATE scheduler.jobs j SET state = 'RUNNING', attempt = $2, updated_at = now() FROM old \
+         UPDATE scheduler.jobs j SET state = 'RUNNING', attempt = $2, dispatched_at = NULL, \
+           dispatch_seq = NULL, updated_at = now() FROM old \
          WHERE j.id = $1 AND ((old.state = 'QUEUED' AND old.attempt = $2) \
-           OR (old.state IN ('QUEUED', 'RUNNING') AND old.attempt < $2)) \
+           OR (old.state IN ('QUEUED', 'SCHEDULED', 'RUNNING') AND old.attempt < $2)) \
          RETURNING old.attempt, old.state, old.dispatched_at",
     )
     .bind(job_id)
     .bind(attempt)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((previous_attempt, _, dispatched_at)) = previous else {
+    let Some((previous_attempt, previous_state, dispatched_at)) = previous else {
         return Ok(None);
+    };
+    // The attempts sent and lost before this one: from the one the row was at when it was
+    // running or recorded as sent; from the next one when the row was waiting (the one it is
+    // at ended, or was never sent).
+    let first_lost = if dispatched_at.is_none() && previous_state != "RUNNING" {
+        previous_attempt + 1
+    } else {
+        previous_attempt.max(1)
     };
     if previous_attempt < attempt {
         sqlx::query(
@@ -980,14 +838,14 @@ async fn started_in(
                (job_id, attempt, worker_id, started_at, finished_at, outcome, error_code, error_message) \
              SELECT $1, a, '', coalesce($4, $3), $3, 'FAILED', 'UNAVAILABLE', \
                'its worker stopped reporting before it reported a start; the job was delivered again' \
-             FROM generate_series(greatest($5, 1), $2 - 1) AS a \
+             FROM generate_series($5, $2 - 1) AS a \
              ON CONFLICT (job_id, attempt) DO NOTHING",
         )
         .bind(job_id)
         .bind(attempt)
         .bind(at)
         .bind(dispatched_at)
-        .bind(previous_attempt)
+        .bind(first_lost)
         .execute(&mut *tx)
         .await?;
     }
@@ -1006,6 +864,7 @@ async fn started_in(
         event,
         cascaded: Vec::new(),
         attempt_run: None,
+        released: Vec::new(),
     }))
 }
 
@@ -1018,9 +877,12 @@ async fn succeeded_in(
     at: DateTime<Utc>,
 ) -> Result<Option<CompletedTransition>> {
     let kind: Option<String> = sqlx::query_scalar(
-        "UPDATE scheduler.jobs SET state = 'SUCCEEDED', result = $3, error_code = NULL, \
-           error_message = NULL, finished_at = $4, updated_at = now() \
-         WHERE id = $1 AND attempt = $2 AND state IN ('QUEUED', 'RUNNING') RETURNING kind",
+        "UPDATE scheduler.jobs SET state = 'SUCCEEDED', attempt = $2, result = $3, error_code = NULL, \
+           error_message = NULL, finished_at = $4, dispatched_at = NULL, dispatch_seq = NULL, \
+           updated_at = now() \
+         WHERE id = $1 AND ((attempt = $2 AND state IN ('QUEUED', 'RUNNING')) \
+           OR (attempt = $2 - 1 AND state IN ('QUEUED', 'SCHEDULED') AND dispatched_at IS NULL)) \
+         RETURNING kind",
     )
     .bind(job_id)
     .bind(attempt)
@@ -1033,11 +895,12 @@ async fn succeeded_in(
     };
     let started_at = finish_attempt(&mut *tx, job_id, attempt, worker_id, at, "SUCCEEDED", None, None).await?;
     let event = insert_event(&mut *tx, job_id, JobState::Succeeded, attempt).await?;
-    let cascaded = settle_dependents(&mut *tx, job_id, JobState::Succeeded).await?;
+    let (cascaded, released) = settle_dependents(&mut *tx, job_id, JobState::Succeeded).await?;
     Ok(Some(CompletedTransition {
         event,
         cascaded,
         attempt_run: Some(AttemptRun { kind, started_at }),
+        released,
     }))
 }
 
@@ -1055,14 +918,15 @@ async fn failed_in(
 ) -> Result<Option<CompletedTransition>> {
     let backoff_secs = backoff.as_secs_f64();
     let new_state: Option<(String, String)> = sqlx::query_as(
-        "UPDATE scheduler.jobs SET \
-           state = CASE WHEN $5 AND attempt < max_attempts THEN 'SCHEDULED' ELSE 'FAILED' END, \
-           run_at = CASE WHEN $5 AND attempt < max_attempts \
+        "UPDATE scheduler.jobs SET attempt = $2, \
+           state = CASE WHEN $5 AND $2 < max_attempts THEN 'SCHEDULED' ELSE 'FAILED' END, \
+           run_at = CASE WHEN $5 AND $2 < max_attempts \
              THEN $6 + make_interval(secs => $7) ELSE run_at END, \
-           dispatched_at = NULL, error_code = $3, error_message = $4, \
-           finished_at = CASE WHEN $5 AND attempt < max_attempts THEN NULL ELSE $6 END, \
+           dispatched_at = NULL, dispatch_seq = NULL, error_code = $3, error_message = $4, \
+           finished_at = CASE WHEN $5 AND $2 < max_attempts THEN NULL ELSE $6 END, \
            updated_at = now() \
-         WHERE id = $1 AND attempt = $2 AND state IN ('QUEUED', 'RUNNING') \
+         WHERE id = $1 AND ((attempt = $2 AND state IN ('QUEUED', 'RUNNING')) \
+           OR (attempt = $2 - 1 AND state IN ('QUEUED', 'SCHEDULED') AND dispatched_at IS NULL)) \
          RETURNING state, kind",
     )
     .bind(job_id)
@@ -1090,15 +954,16 @@ async fn failed_in(
     .await?;
     let state = JobState::parse(&new_state).unwrap_or(JobState::Failed);
     let event = insert_event(&mut *tx, job_id, state, attempt).await?;
-    let cascaded = if state.is_terminal() {
+    let (cascaded, released) = if state.is_terminal() {
         settle_dependents(&mut *tx, job_id, state).await?
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     Ok(Some(CompletedTransition {
         event,
         cascaded,
         attempt_run: Some(AttemptRun { kind, started_at }),
+        released,
     }))
 }
 
@@ -1192,9 +1057,12 @@ async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Resul
         let ids: Vec<Uuid> = starts.iter().map(|s| s.1).collect();
         let attempts: Vec<i32> = starts.iter().map(|s| s.2).collect();
         let started: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE scheduler.jobs j SET state = 'RUNNING', updated_at = now() \
+            "UPDATE scheduler.jobs j SET state = 'RUNNING', attempt = r.attempt, dispatched_at = NULL, \
+               dispatch_seq = NULL, updated_at = now() \
              FROM unnest($1::uuid[], $2::int[]) AS r(id, attempt) \
-             WHERE j.id = ANY($1) AND j.id = r.id AND j.state = 'QUEUED' AND j.attempt = r.attempt \
+             WHERE j.id = ANY($1) AND j.id = r.id AND (\
+               (j.state = 'QUEUED' AND j.attempt = r.attempt) \
+               OR (j.state IN ('QUEUED', 'SCHEDULED') AND j.attempt = r.attempt - 1 AND j.dispatched_at IS NULL)) \
              RETURNING j.id",
         )
         .bind(&ids)
@@ -1228,6 +1096,7 @@ async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Resul
                         event,
                         cascaded: Vec::new(),
                         attempt_run: None,
+                        released: Vec::new(),
                     });
                 }
             }
@@ -1261,12 +1130,15 @@ async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Resul
         let is_paired: Vec<bool> = successes.iter().map(|s| paired.contains_key(&s.1)).collect();
         // A paired success needs the job still QUEUED (its start is applied with it).
         let finished: Vec<(Uuid, String)> = sqlx::query_as(
-            "UPDATE scheduler.jobs j SET state = 'SUCCEEDED', result = r.result, error_code = NULL, \
-               error_message = NULL, finished_at = r.at, updated_at = now() \
+            "UPDATE scheduler.jobs j SET state = 'SUCCEEDED', attempt = r.attempt, result = r.result, \
+               error_code = NULL, error_message = NULL, finished_at = r.at, dispatched_at = NULL, \
+               dispatch_seq = NULL, updated_at = now() \
              FROM unnest($1::uuid[], $2::int[], $3::jsonb[], $4::timestamptz[], $5::bool[]) \
                AS r(id, attempt, result, at, paired) \
-             WHERE j.id = ANY($1) AND j.id = r.id AND j.attempt = r.attempt \
-               AND (j.state = 'QUEUED' OR (j.state = 'RUNNING' AND NOT r.paired)) \
+             WHERE j.id = ANY($1) AND j.id = r.id AND ( \
+               (j.attempt = r.attempt AND (j.state = 'QUEUED' OR (j.state = 'RUNNING' AND NOT r.paired))) \
+               OR (j.attempt = r.attempt - 1 AND j.state IN ('QUEUED', 'SCHEDULED') \
+                   AND j.dispatched_at IS NULL)) \
              RETURNING j.id, j.kind",
         )
         .bind(&ids)
@@ -1315,23 +1187,27 @@ async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Resul
                         event,
                         cascaded: Vec::new(),
                         attempt_run: None,
+                        released: Vec::new(),
                     });
                 }
             }
             let rows: Vec<(Uuid, i32)> = done.iter().map(|s| (s.1, s.2)).collect();
             let mut events = insert_events(&mut *tx, &rows, JobState::Succeeded).await?;
             // Their dependents have one dependency fewer to wait for (a success ends none).
-            sqlx::query(
+            let mut released: Vec<Uuid> = sqlx::query_as::<_, (Uuid, i32)>(
                 "WITH settled AS ( \
                    UPDATE scheduler.job_dependencies SET settled = true \
                    WHERE depends_on = ANY($1) AND NOT settled RETURNING job_id), \
                  counts AS (SELECT job_id, count(*) AS n FROM settled GROUP BY job_id) \
                  UPDATE scheduler.jobs j SET pending_deps = greatest(j.pending_deps - counts.n, 0) \
-                 FROM counts WHERE j.id = counts.job_id",
+                 FROM counts WHERE j.id = counts.job_id RETURNING j.id, j.pending_deps",
             )
             .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .filter_map(|(id, pending)| (pending == 0).then_some(id))
+            .collect();
             for s in &done {
                 if let (Some(event), Some(kind), Some(started_at)) =
                     (events.remove(&s.1), kinds.get(&s.1), started.get(&s.1))
@@ -1343,6 +1219,8 @@ async fn apply_set(tx: &mut sqlx::PgConnection, reports: &[Report<'_>]) -> Resul
                             kind: kind.clone(),
                             started_at: *started_at,
                         }),
+                        // The batch's released dependents go with its first success.
+                        released: std::mem::take(&mut released),
                     });
                 }
             }
@@ -1451,36 +1329,42 @@ async fn end_for_dependency(
 
 /// After `job_id` ended `state`: counts it off every job that depends on it, and ends those
 /// whose policy says a failed dependency fails or skips them, and so on down the graph.
-async fn settle_dependents(tx: &mut sqlx::PgConnection, job_id: Uuid, state: JobState) -> Result<Vec<JobEventRow>> {
+/// Returns the events written and the jobs left with nothing to wait for.
+async fn settle_dependents(
+    tx: &mut sqlx::PgConnection,
+    job_id: Uuid,
+    state: JobState,
+) -> Result<(Vec<JobEventRow>, Vec<Uuid>)> {
     let mut events = Vec::new();
+    let mut released = Vec::new();
     let mut ended = vec![(job_id, state)];
     while let Some((dependency, state)) = ended.pop() {
-        let dependents: Vec<(Uuid, String)> = sqlx::query_as(
+        let dependents: Vec<(Uuid, String, i32)> = sqlx::query_as(
             "WITH settled AS ( \
                UPDATE scheduler.job_dependencies SET settled = true \
                WHERE depends_on = $1 AND NOT settled RETURNING job_id) \
              UPDATE scheduler.jobs j SET pending_deps = greatest(j.pending_deps - 1, 0) \
-             FROM settled WHERE j.id = settled.job_id RETURNING j.id, j.on_dependency_failure",
+             FROM settled WHERE j.id = settled.job_id \
+             RETURNING j.id, j.on_dependency_failure, j.pending_deps",
         )
         .bind(dependency)
         .fetch_all(&mut *tx)
         .await?;
-        if !matches!(state, JobState::Failed | JobState::Cancelled) {
-            continue;
-        }
-        for (dependent, policy) in dependents {
-            if policy == "CONTINUE" {
-                continue;
-            }
-            if let Some((event, new_state)) =
-                end_for_dependency(&mut *tx, dependent, &policy, dependency, state.as_str()).await?
-            {
-                events.push(event);
-                ended.push((dependent, new_state));
+        let failed = matches!(state, JobState::Failed | JobState::Cancelled);
+        for (dependent, policy, pending) in dependents {
+            if failed && policy != "CONTINUE" {
+                if let Some((event, new_state)) =
+                    end_for_dependency(&mut *tx, dependent, &policy, dependency, state.as_str()).await?
+                {
+                    events.push(event);
+                    ended.push((dependent, new_state));
+                }
+            } else if pending == 0 {
+                released.push(dependent);
             }
         }
     }
-    Ok(events)
+    Ok((events, released))
 }
 
 async fn insert_event(tx: &mut sqlx::PgConnection, job_id: Uuid, state: JobState, attempt: i32) -> Result<JobEventRow> {
@@ -1523,41 +1407,4 @@ async fn finish_attempt(
     .bind(message)
     .fetch_one(tx)
     .await?)
-}
-
-impl Store {
-    /// Records the stream sequence of each published attempt (job id, attempt, sequence).
-    pub async fn record_dispatches(&self, published: &[(Uuid, i32, i64)]) -> Result<()> {
-        if published.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<Uuid> = published.iter().map(|p| p.0).collect();
-        let attempts: Vec<i32> = published.iter().map(|p| p.1).collect();
-        let seqs: Vec<i64> = published.iter().map(|p| p.2).collect();
-        sqlx::query(
-            "UPDATE scheduler.jobs j SET dispatch_seq = p.seq \
-             FROM unnest($1::uuid[], $2::int[], $3::bigint[]) AS p(id, attempt, seq) \
-             WHERE j.id = ANY($1) AND j.id = p.id AND j.attempt = p.attempt",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&seqs)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// Undoes a dispatch whose message could not be sent: the attempt is taken back and the
-    /// job is due again.
-    pub async fn undispatch(&self, job_id: Uuid, attempt: i32) -> Result<()> {
-        sqlx::query(
-            "UPDATE scheduler.jobs SET attempt = attempt - 1, dispatched_at = NULL \
-             WHERE id = $1 AND attempt = $2 AND state = 'QUEUED'",
-        )
-        .bind(job_id)
-        .bind(attempt)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
 }

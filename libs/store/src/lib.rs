@@ -3,6 +3,7 @@
 
 mod ai;
 mod auth;
+mod dispatch;
 mod jobs;
 mod media;
 mod submit;
@@ -11,9 +12,10 @@ use std::time::Duration;
 
 pub use ai::{AiCall, BudgetRow, SpendRow};
 pub use auth::{ApiKeyRow, TenantUsageRow};
+pub use dispatch::{DispatchState, DueJob};
 pub use jobs::{
-    AttemptRow, AttemptRun, ChildResult, CompletedTransition, DispatchLimits, DueJob, FeedEvent, FeedFilter,
-    JobEventRow, JobFilter, JobRow, NewJob, Pruned, QueueCounts, QueueRates, Report, RetentionPolicy, RetryFilter,
+    AttemptRow, AttemptRun, ChildResult, CompletedTransition, FeedEvent, FeedFilter, JobEventRow, JobFilter, JobRow,
+    NewJob, Pruned, QueueCounts, QueueRates, Report, RetentionPolicy, RetryFilter,
 };
 pub use media::{MediaRow, NewMedia};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

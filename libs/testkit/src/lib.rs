@@ -171,7 +171,6 @@ impl Mesh {
         configs.inference.metrics_addr = Some(addr()?);
         configs.ingest.health_interval_ms = 100;
         configs.scheduler.health_interval_ms = 100;
-        configs.scheduler.dispatch_interval_ms = 50;
         configs.scheduler.retry_base_ms = 200;
         configs.scheduler.retry_cap_ms = 2_000;
         configs.scheduler.enable_test_kinds = true;

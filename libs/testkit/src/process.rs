@@ -232,7 +232,6 @@ impl ProcessMesh {
                 ("MM_NATS_URL", nats_url.as_str()),
                 ("MM_BLOB_URL", blob_url.as_str()),
                 ("MM_ENABLE_TEST_KINDS", "true"),
-                ("MM_DISPATCH_INTERVAL_MS", "50"),
                 ("MM_REDISPATCH_AFTER_SECS", "2"),
                 ("MM_RETRY_BASE_MS", "200"),
                 ("MM_RETRY_CAP_MS", "2000"),

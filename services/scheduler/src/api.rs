@@ -17,7 +17,7 @@ use mediamesh_proto::v1::scheduler_internal_service_server::SchedulerInternalSer
 use mediamesh_store::{
     FeedFilter, JobEventRow, JobFilter, JobQuota, JobRow, NewJob, RetryFilter, Store, Submit, Submitted,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::SchedulerConfig;
 use crate::convert::{job_to_proto, policy_str};
+use crate::dispatch::Dispatcher;
 use crate::feed::{FeedSignal, ProgressBook, cursor, parse_cursor};
 
 /// Dependencies of one job, at most.
@@ -34,7 +35,7 @@ const MAX_DEPENDENCIES: usize = 1000;
 pub struct JobApi {
     store: Store,
     bus: Bus,
-    wake: Arc<Notify>,
+    dispatcher: Dispatcher,
     config: SchedulerConfig,
     shutdown: CancellationToken,
     /// The `inference.*` kinds some configured provider serves; the others are refused.
@@ -49,7 +50,7 @@ impl JobApi {
     pub fn new(
         store: Store,
         bus: Bus,
-        wake: Arc<Notify>,
+        dispatcher: Dispatcher,
         config: SchedulerConfig,
         shutdown: CancellationToken,
         ai_kinds: std::collections::HashSet<JobKind>,
@@ -58,7 +59,7 @@ impl JobApi {
             submitter: crate::submit::Submitter::spawn(store.clone(), None),
             store,
             bus,
-            wake,
+            dispatcher,
             config,
             shutdown,
             ai_kinds: Arc::new(ai_kinds),
@@ -536,8 +537,9 @@ impl JobService for JobApi {
         let tenant = tenant_of(&request);
         let id = parse_id("job_id", &request.get_ref().job_id)?;
         match self.store.cancel_job(&tenant, id).await.map_err(Error::from)? {
-            Some(transition) => {
-                let attempt = u32::try_from(transition.event.attempt).unwrap_or(0);
+            Some((transition, covered)) => {
+                self.dispatcher.changed([&transition]);
+                let attempt = u32::try_from(covered).unwrap_or(0);
                 if let Err(err) = self.bus.cancel(id, attempt).await {
                     tracing::warn!(error = %err, job_id = %id, "cancel signal not sent");
                 }
@@ -567,7 +569,7 @@ impl JobService for JobApi {
         let id = parse_id("job_id", &request.get_ref().job_id)?;
         let retried = match self.store.retry_job(&tenant, id).await.map_err(Error::from)? {
             Some((row, transition)) => {
-                self.wake.notify_one();
+                self.dispatcher.changed([&transition]);
                 self.transition_done(&transition.event).await;
                 self.to_proto(&row).await?
             }
@@ -638,7 +640,7 @@ impl JobService for JobApi {
         };
         let retried = self.store.retry_jobs(&filter).await.map_err(Error::from)?;
         if !dry_run && !retried.is_empty() {
-            self.wake.notify_one();
+            self.dispatcher.reread(retried.iter().map(|(id, _)| *id).collect());
             tracing::info!(count = retried.len(), "jobs retried by filter");
         }
         let mut job_ids = Vec::with_capacity(retried.len());
@@ -804,7 +806,13 @@ impl SchedulerInternalService for JobApi {
             }
         };
         let created: Vec<_> = created.into_iter().zip(no_dependencies).collect();
-        self.wake.notify_one();
+        let inserted: Vec<&JobRow> = created
+            .iter()
+            .filter(|((_, new), _)| *new)
+            .map(|((row, _), _)| row)
+            .collect();
+        self.dispatcher
+            .submitted(&inserted, quota.map(|q| (tenant.as_str(), q.running_jobs)));
         let mut out = Vec::with_capacity(created.len());
         for ((row, inserted), no_dependencies) in created {
             if inserted {

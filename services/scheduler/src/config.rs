@@ -88,9 +88,6 @@ pub struct SchedulerConfig {
     /// A dispatched job no worker started after this long is published again
     #[arg(long, env = "MM_REDISPATCH_AFTER_SECS", default_value_t = 120)]
     pub redispatch_after_secs: u64,
-    /// How often the dispatcher looks for due jobs when nothing wakes it
-    #[arg(long, env = "MM_DISPATCH_INTERVAL_MS", default_value_t = 250)]
-    pub dispatch_interval_ms: u64,
     /// How often health re-checks PostgreSQL and NATS
     #[arg(long, env = "MM_HEALTH_INTERVAL_MS", default_value_t = 1_000)]
     pub health_interval_ms: u64,
@@ -126,7 +123,6 @@ impl SchedulerConfig {
             retry_base_ms: 2_000,
             retry_cap_ms: 300_000,
             redispatch_after_secs: 120,
-            dispatch_interval_ms: 250,
             health_interval_ms: 1_000,
         }
     }

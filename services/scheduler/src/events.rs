@@ -4,20 +4,19 @@
 //! acked only after its reports' transitions committed; a report that changes nothing (late,
 //! repeated, for another attempt) is dropped.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use mediamesh_bus::async_nats::jetstream::AckKind;
 use mediamesh_bus::{Bus, ReportBatch, Update, WorkerEvent};
 use mediamesh_store::{CompletedTransition, JobEventRow, Report, Store};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::SchedulerMetrics;
 use tracing::Instrument;
 
 use crate::SchedulerConfig;
+use crate::dispatch::Dispatcher;
 
 /// Reports applied in one transaction, at most.
 pub const BATCH: usize = 256;
@@ -25,7 +24,7 @@ pub const BATCH: usize = 256;
 pub async fn run(
     store: Store,
     bus: Bus,
-    wake: Arc<Notify>,
+    dispatcher: Dispatcher,
     config: SchedulerConfig,
     shutdown: CancellationToken,
     metrics: SchedulerMetrics,
@@ -66,9 +65,8 @@ pub async fn run(
                     }
                 }
             }
-            if !ready.is_empty() && handle_batch(&store, &bus, &config, &metrics, ready).await {
-                // A slot or a dependency may have freed up.
-                wake.notify_one();
+            if !ready.is_empty() {
+                handle_batch(&store, &bus, &dispatcher, &config, &metrics, ready).await;
             }
             if broken {
                 break;
@@ -93,16 +91,17 @@ struct Arrived {
 }
 
 /// Applies the reports of a batch of messages (each a worker's batch of reports) in one
-/// transaction; returns whether any changed a job. A message is acked once all of its
+/// transaction, and tells the dispatcher what changed. A message is acked once all of its
 /// reports are applied, and asked for again when any of them failed (applying a report twice
 /// changes nothing).
 async fn handle_batch(
     store: &Store,
     bus: &Bus,
+    dispatcher: &Dispatcher,
     config: &SchedulerConfig,
     metrics: &SchedulerMetrics,
     messages: Vec<mediamesh_bus::async_nats::jetstream::Message>,
-) -> bool {
+) {
     let mut arrived = Vec::with_capacity(messages.len());
     let mut carriers = Vec::with_capacity(messages.len());
     for message in messages {
@@ -138,7 +137,7 @@ async fn handle_batch(
         for message in &carriers {
             let _ = message.ack().await;
         }
-        return false;
+        return;
     }
     // An outcome that carries its start (the attempt was too short to report it) stands for
     // two reports: the start first.
@@ -181,15 +180,20 @@ async fn handle_batch(
     for (i, result) in owner.into_iter().zip(results) {
         per_report[i].push(result);
     }
-    let mut changed = false;
+    // Slots freed, retries and released dependents: the dispatcher first.
+    dispatcher.changed(
+        per_report
+            .iter()
+            .flatten()
+            .filter_map(|r| r.as_ref().ok().and_then(Option::as_ref)),
+    );
     let mut failed = vec![false; carriers.len()];
     for (a, results) in arrived.iter().zip(per_report) {
         // Instrumented, never entered across an await: a span entered in an async fn leaks
         // onto whatever else the thread runs meanwhile.
-        let (report_changed, report_failed) = conclude(bus, metrics, &a.event, results)
+        let report_failed = conclude(bus, metrics, &a.event, results)
             .instrument(a.span.clone())
             .await;
-        changed |= report_changed;
         failed[a.message] |= report_failed;
     }
     for (message, failed) in carriers.iter().zip(failed) {
@@ -199,18 +203,16 @@ async fn handle_batch(
             let _ = message.ack().await;
         }
     }
-    changed
 }
 
 /// Tells watchers of what a report changed (a start and an outcome, or one of them); returns
-/// whether it changed a job and whether any of it could not be applied.
+/// whether any of it could not be applied.
 async fn conclude(
     bus: &Bus,
     metrics: &SchedulerMetrics,
     event: &WorkerEvent,
     results: Vec<mediamesh_store::Result<Option<CompletedTransition>>>,
-) -> (bool, bool) {
-    let mut changed = false;
+) -> bool {
     let mut failed = false;
     for result in results {
         match result {
@@ -220,7 +222,6 @@ async fn conclude(
                     announce(bus, event).await;
                 }
                 metrics.applied(event, &transition);
-                changed = true;
             }
             Ok(None) => tracing::debug!(job_id = %event.job_id(), "report changed nothing"),
             Err(err) => {
@@ -229,7 +230,7 @@ async fn conclude(
             }
         }
     }
-    (changed, failed)
+    failed
 }
 
 /// Tells live watchers of a recorded transition (core NATS, best effort: a watcher that

@@ -13,7 +13,6 @@ mod metrics;
 mod retention;
 mod submit;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{JobDefaults, KindDefaults, SchedulerConfig};
@@ -23,7 +22,6 @@ use mediamesh_proto::v1::job_service_server::JobServiceServer;
 use mediamesh_proto::v1::scheduler_internal_service_server::SchedulerInternalServiceServer;
 use mediamesh_server::check;
 use mediamesh_store::Store;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,13 +74,13 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
     };
 
     let scheduler_metrics = metrics::SchedulerMetrics::new(&registry, store.clone(), bus.clone());
-    let wake = Arc::new(Notify::new());
+    let dispatch = dispatch::Dispatcher::new();
     let tasks = CancellationToken::new();
     let dispatcher = {
-        let (store, bus, wake, config, tasks, scheduler_metrics) = (
+        let (store, bus, dispatch, config, tasks, scheduler_metrics) = (
             store.clone(),
             bus.clone(),
-            Arc::clone(&wake),
+            dispatch.clone(),
             config.clone(),
             tasks.clone(),
             scheduler_metrics.clone(),
@@ -92,7 +90,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
             dispatch::run(
                 store.clone(),
                 bus.clone(),
-                Arc::clone(&wake),
+                dispatch.clone(),
                 config.clone(),
                 id.clone(),
                 tasks.clone(),
@@ -101,10 +99,10 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
         })
     };
     let events = {
-        let (store, bus, wake, config, tasks, scheduler_metrics) = (
+        let (store, bus, dispatch, config, tasks, scheduler_metrics) = (
             store.clone(),
             bus.clone(),
-            Arc::clone(&wake),
+            dispatch.clone(),
             config.clone(),
             tasks.clone(),
             scheduler_metrics.clone(),
@@ -113,7 +111,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
             events::run(
                 store.clone(),
                 bus.clone(),
-                Arc::clone(&wake),
+                dispatch.clone(),
                 config.clone(),
                 tasks.clone(),
                 scheduler_metrics.clone(),
@@ -168,7 +166,7 @@ pub async fn serve(config: SchedulerConfig, shutdown: CancellationToken) -> Resu
     let api = api::JobApi::new(
         store.clone(),
         bus.clone(),
-        wake,
+        dispatch,
         config.clone(),
         shutdown.clone(),
         ai_kinds,

@@ -98,10 +98,9 @@ impl SchedulerMetrics {
     }
 
     /// Records an attempt the dispatcher claimed.
-    pub fn dispatched(&self, job: &mediamesh_store::DueJob) {
-        if let Some(waited) = job.waited_secs {
-            self.dispatch_wait.observe(&[job.kind.as_str()], waited);
-        }
+    /// Records a dispatch of `kind` that waited `waited_secs` since it became due.
+    pub fn dispatched(&self, kind: &str, waited_secs: f64) {
+        self.dispatch_wait.observe(&[kind], waited_secs);
     }
 
     /// Records a worker report the scheduler applied.
