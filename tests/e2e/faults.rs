@@ -2,7 +2,9 @@
 //! `mediamesh_testkit::process`), 1,000 `test.sleep` jobs are in flight, and one fault hits
 //! them: media workers SIGKILLed, nats-server restarted, PostgreSQL restarted, the scheduler
 //! SIGKILLed. Afterwards every job must end SUCCEEDED, with exactly one SUCCEEDED transition
-//! and one SUCCEEDED attempt: none lost, none stuck, none done twice.
+//! and one SUCCEEDED attempt: none lost, none stuck, none recorded twice. Each job's body logs
+//! its runs, and each test prints how many times the bodies ran: at least once each is the
+//! promise, and a fault shows as jobs that ran twice.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -28,6 +30,8 @@ struct Run {
     mesh: ProcessMesh,
     db: PgPool,
     ids: Vec<String>,
+    /// Where each run of a job's body appends `<job id> <attempt>` (test.sleep's `run_log`).
+    run_log: std::path::PathBuf,
     started: Instant,
     deadline: Instant,
 }
@@ -44,10 +48,18 @@ async fn start(concurrency: u32) -> Run {
         .acquire_timeout(Duration::from_secs(2))
         .connect_lazy(&mesh.database_url)
         .unwrap();
+    let run_log = std::env::temp_dir().join(format!(
+        "mediamesh-runs-{}-{}.log",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
     let specs = (0..JOBS)
         .map(|i| pb::JobSpec {
             kind: "test.sleep".to_owned(),
-            payload_json: serde_json::json!({ "ms": 20 + (i * 7_919) % 181 }).to_string(),
+            payload_json: serde_json::json!({ "ms": 20 + (i * 7_919) % 181, "run_log": run_log }).to_string(),
             max_attempts: 20,
             timeout_ms: 30_000,
             ..Default::default()
@@ -69,6 +81,7 @@ async fn start(concurrency: u32) -> Run {
         mesh,
         db,
         ids,
+        run_log,
         started,
         deadline: started + DEADLINE,
     }
@@ -320,12 +333,41 @@ async fn finish(run: &mut Run, fault: &str) -> Outcome {
     );
     // And PostgreSQL itself, once more.
     settled(&db).await.unwrap();
+    let runs = body_runs(&run.run_log, &submitted);
+    let _ = std::fs::remove_file(&run.run_log);
     println!(
         "{fault}: all {JOBS} jobs SUCCEEDED exactly once after {done_at:?} ({attempts} attempts, \
-         {retried} jobs retried); test took {:?}",
+         {retried} jobs retried); bodies ran {runs}; test took {:?}",
         run.started.elapsed()
     );
     Outcome { retried, attempts }
+}
+
+/// How many times each job's body ran, from the run log: every submitted job at least once
+/// (the promise is at least once), nothing else. Returns a summary such as
+/// `1,012 times: 988 jobs once, 12 twice`.
+fn body_runs(run_log: &std::path::Path, submitted: &HashSet<&str>) -> String {
+    let text = std::fs::read_to_string(run_log).unwrap_or_else(|e| panic!("run log {}: {e}", run_log.display()));
+    let mut per_job: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for line in text.lines() {
+        let id = line.split(' ').next().unwrap_or_default();
+        assert!(
+            submitted.contains(id),
+            "a run of a job that was not submitted: {line:?}"
+        );
+        *per_job.entry(id).or_default() += 1;
+    }
+    assert_eq!(per_job.len(), submitted.len(), "every job's body ran at least once");
+    let mut by_count: std::collections::BTreeMap<usize, usize> = std::collections::BTreeMap::new();
+    for n in per_job.values() {
+        *by_count.entry(*n).or_default() += 1;
+    }
+    let total: usize = per_job.values().sum();
+    let parts: Vec<String> = by_count
+        .iter()
+        .map(|(runs, jobs)| format!("{jobs} jobs {runs} time{}", if *runs == 1 { "" } else { "s" }))
+        .collect();
+    format!("{total} times: {}", parts.join(", "))
 }
 
 /// Five times, while media worker 0 runs jobs: SIGKILL it and start it again, and wait until

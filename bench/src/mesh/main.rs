@@ -158,7 +158,24 @@ impl Bench {
     }
 
     /// Deletes every job, so that each run starts from empty tables.
+    /// Waits until no job is left unfinished (the workers drain what the last phase left), then
+    /// empties the jobs table: each phase starts on an idle mesh.
     async fn reset(&self) -> Result<()> {
+        let until = Instant::now() + Duration::from_secs(600);
+        loop {
+            let unfinished: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM scheduler.jobs WHERE state IN ('QUEUED', 'SCHEDULED', 'RUNNING')",
+            )
+            .fetch_one(self.store.pool())
+            .await?;
+            if unfinished == 0 {
+                break;
+            }
+            if Instant::now() >= until {
+                bail!("{unfinished} jobs still unfinished after 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         sqlx::query("TRUNCATE scheduler.jobs CASCADE")
             .execute(self.store.pool())
             .await?;
@@ -336,36 +353,8 @@ async fn main() -> Result<()> {
     bench.wait_succeeded(2_000, Duration::from_secs(120)).await?;
     bench.reset().await?;
 
-    // 1. Submit latency at fixed offered rates (workers draining with 16 in flight).
-    let mut submit = Vec::new();
-    for &rate in &args.rates {
-        bench.reset().await?;
-        let (p, achieved, errors) = open_loop(&bench, rate, args.rate_seconds, next).await?;
-        next += rate as usize * args.rate_seconds as usize;
-        let failed: usize = errors.values().sum();
-        eprintln!(
-            "submit at {rate}/s: p50 {:.2} p95 {:.2} p99 {:.2} max {:.2} ms ({achieved:.0}/s offered, {failed} errors{})",
-            p.p50,
-            p.p95,
-            p.p99,
-            p.max,
-            if errors.is_empty() {
-                String::new()
-            } else {
-                format!(": {errors:?}")
-            }
-        );
-        submit.push(json!({
-            "rate": rate,
-            "achieved_rate": achieved,
-            "errors": failed,
-            "errors_by_code": errors,
-            "latency_ms": p,
-        }));
-    }
-    results.insert("submit_latency".to_owned(), Value::Array(submit));
-
-    // 2. Submit -> start and submit -> SUCCEEDED at a fixed rate, idle workers (c=16).
+    // 1. Submit -> start and submit -> SUCCEEDED at a fixed rate, idle workers (c=16), on a
+    //    mesh that has seen no overload yet.
     bench.reset().await?;
     let sampler = std::env::var_os("MESH_BENCH_TRACE").map(|_| {
         let pool = bench.store.pool().clone();
@@ -415,6 +404,35 @@ async fn main() -> Result<()> {
                 "submit_to_start_ms": to_start,
                 "submit_to_succeeded_ms": to_done }),
     );
+
+    // 2. Submit latency at fixed offered rates (workers draining with 16 in flight).
+    let mut submit = Vec::new();
+    for &rate in &args.rates {
+        bench.reset().await?;
+        let (p, achieved, errors) = open_loop(&bench, rate, args.rate_seconds, next).await?;
+        next += rate as usize * args.rate_seconds as usize;
+        let failed: usize = errors.values().sum();
+        eprintln!(
+            "submit at {rate}/s: p50 {:.2} p95 {:.2} p99 {:.2} max {:.2} ms ({achieved:.0}/s offered, {failed} errors{})",
+            p.p50,
+            p.p95,
+            p.p99,
+            p.max,
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(": {errors:?}")
+            }
+        );
+        submit.push(json!({
+            "rate": rate,
+            "achieved_rate": achieved,
+            "errors": failed,
+            "errors_by_code": errors,
+            "latency_ms": p,
+        }));
+    }
+    results.insert("submit_latency".to_owned(), Value::Array(submit));
 
     // 3. Throughput, pre-enqueued and with submit running concurrently.
     let mut throughput = Vec::new();

@@ -134,14 +134,13 @@ impl Store {
         let mut decisions: Vec<Option<QuotaHit>> = Vec::with_capacity(submits.len());
         let mut added: HashMap<&str, i64> = HashMap::new();
         for submit in submits {
-            let mut keys = Vec::new();
+            let mut keys = HashSet::new();
             let mut new = 0i64;
             for job in &submit.jobs {
                 match &job.idempotency_key {
                     Some(key) => {
                         let key = (job.tenant.clone(), key.clone());
-                        if !taken.contains(&key) && !keys.contains(&key) {
-                            keys.push(key);
+                        if !taken.contains(&key) && keys.insert(key) {
                             new += 1;
                         }
                     }

@@ -8,7 +8,9 @@
 //! - `fail_attempts`: fail only while the attempt is at most this (default: every attempt);
 //! - `result`: returned as the job's result metadata (default `{"slept_ms": ms}`);
 //! - `crash`: abort the whole worker process after sleeping, like an OOM kill would (the
-//!   poison-job test runs the worker as a separate process).
+//!   poison-job test runs the worker as a separate process);
+//! - `run_log`: a file to which each run appends `<job id> <attempt>` as it begins, so that a
+//!   test can count how many times each job's body ran (at least once is the promise).
 
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ struct Payload {
     fail_attempts: Option<u32>,
     result: Option<serde_json::Value>,
     crash: bool,
+    run_log: Option<std::path::PathBuf>,
 }
 
 pub async fn sleep(bus: &Bus, job: &JobMessage, cancel: CancellationToken) -> Result<serde_json::Value, Error> {
@@ -39,6 +42,9 @@ pub async fn sleep(bus: &Bus, job: &JobMessage, cancel: CancellationToken) -> Re
                 .ok_or_else(|| Error::bad_input(format!("test.sleep: unknown error code {code:?}")))?,
         ),
     };
+    if let Some(path) = &payload.run_log {
+        log_run(path, job).await?;
+    }
     let duration = Duration::from_millis(payload.ms);
     if payload.subprocess {
         let mut child = tokio::process::Command::new("sleep")
@@ -81,6 +87,21 @@ pub async fn sleep(bus: &Bus, job: &JobMessage, cancel: CancellationToken) -> Re
     }
     let metadata = payload.result.unwrap_or_else(|| json!({ "slept_ms": payload.ms }));
     Ok(json!({ "outputs": [], "metadata": metadata }))
+}
+
+/// Appends `<job id> <attempt>` to `path`: one write of one short line in append mode, whole
+/// even when several worker processes append at once.
+async fn log_run(path: &std::path::Path, job: &JobMessage) -> Result<(), Error> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(|e| Error::internal(format!("test.sleep run_log {}: {e}", path.display())))?;
+    file.write_all(format!("{} {}\n", job.job_id, job.attempt).as_bytes())
+        .await
+        .map_err(|e| Error::internal(format!("test.sleep run_log {}: {e}", path.display())))
 }
 
 async fn progress(bus: &Bus, job: &JobMessage, progress: f32, message: String) {
