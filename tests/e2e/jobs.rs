@@ -575,6 +575,34 @@ async fn retention_prunes_old_finished_jobs_and_their_outputs() {
     for id in &newer {
         assert!(jobs.get_job(pb::GetJobRequest { job_id: id.clone() }).await.is_ok());
     }
+    // Their history went with them, and the newer jobs' stayed.
+    let db = sqlx::PgPool::connect(&mesh.postgres.url("mediamesh")).await.unwrap();
+    let history = async |ids: Vec<uuid::Uuid>| -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM scheduler.job_events WHERE job_id = ANY($1)), \
+                    (SELECT count(*) FROM scheduler.attempts WHERE job_id = ANY($1))",
+        )
+        .bind(ids)
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    let ids = |ids: Vec<&String>| {
+        ids.into_iter()
+            .map(|id| id.parse().unwrap())
+            .collect::<Vec<uuid::Uuid>>()
+    };
+    assert_eq!(
+        history(ids(uploaded.jobs.iter().map(|j| &j.id).collect())).await,
+        (0, 0),
+        "no events or attempts of the pruned jobs left"
+    );
+    let (events, attempts) = history(ids(newer.iter().collect())).await;
+    assert!(
+        events >= 6 && attempts == 2,
+        "the kept jobs keep theirs: {events} events, {attempts} attempts"
+    );
+    db.close().await;
     let files = blob_files(&mesh);
     assert_eq!(derivatives(&files), 0, "outputs of pruned jobs deleted: {files:?}");
     assert!(files.contains(&format!("media/{media_id}/original")), "{files:?}");

@@ -176,7 +176,7 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        sqlx::query("TRUNCATE scheduler.jobs CASCADE")
+        sqlx::query("TRUNCATE scheduler.jobs, scheduler.job_events, scheduler.attempts CASCADE")
             .execute(self.store.pool())
             .await?;
         sqlx::query("VACUUM ANALYZE scheduler.jobs")

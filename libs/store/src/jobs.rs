@@ -730,7 +730,8 @@ impl Store {
     }
 
     /// Deletes finished jobs beyond the policy's count per tenant and state, or older than its
-    /// age, except those a job still waiting depends on. Returns them, with the output blob
+    /// age, except those a job still waiting depends on, with their events and attempts (no
+    /// foreign key cascades to them: the hot path does not pay for one). Returns them, with the output blob
     /// keys that no remaining job refers to (the caller deletes those blobs).
     pub async fn prune_finished(&self, policy: &RetentionPolicy) -> Result<Pruned> {
         let mut tx = self.pool().begin().await?;
@@ -747,8 +748,12 @@ impl Store {
                  AND NOT EXISTS ( \
                    SELECT 1 FROM scheduler.job_dependencies d JOIN scheduler.jobs p ON p.id = d.job_id \
                    WHERE d.depends_on = r.id AND p.state IN ('QUEUED', 'SCHEDULED', 'RUNNING')) \
-               LIMIT $5) \
-             DELETE FROM scheduler.jobs j USING doomed WHERE j.id = doomed.id RETURNING j.id, j.result",
+               LIMIT $5), \
+             gone AS (DELETE FROM scheduler.jobs j USING doomed WHERE j.id = doomed.id \
+               RETURNING j.id, j.result), \
+             events AS (DELETE FROM scheduler.job_events e USING gone WHERE e.job_id = gone.id), \
+             attempts AS (DELETE FROM scheduler.attempts a USING gone WHERE a.job_id = gone.id) \
+             SELECT id, result FROM gone",
         )
         .bind(policy.succeeded)
         .bind(policy.failed)
