@@ -138,8 +138,21 @@ fn prod_overlay() {
     }
     assert!(config_value(&docs, "MM_BLOB_URL").starts_with("s3://"));
 
-    // Autoscaling: HPA on CPU for ingest and the scheduler, KEDA for the workers.
-    for service in ["ingest", "scheduler"] {
+    // Autoscaling: HPA on CPU for ingest, KEDA for the workers. One scheduler: its dispatcher
+    // counts the caps of what it holds in memory (ADR 7), until scheduler leases exist.
+    assert!(
+        of_kind(&docs, "HorizontalPodAutoscaler")
+            .iter()
+            .all(|h| h["spec"]["scaleTargetRef"]["name"] != "scheduler"),
+        "no autoscaler for the scheduler"
+    );
+    assert_eq!(
+        find(&docs, "Deployment", "scheduler")["spec"]["replicas"],
+        1,
+        "one scheduler in prod"
+    );
+    {
+        let service = "ingest";
         let hpa = find(&docs, "HorizontalPodAutoscaler", service);
         assert_eq!(hpa["apiVersion"], "autoscaling/v2");
         assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
@@ -155,7 +168,7 @@ fn prod_overlay() {
             "{service}: HPA on CPU"
         );
     }
-    for service in ["ingest", "scheduler", "media", "inference"] {
+    for service in ["ingest", "media", "inference"] {
         assert!(
             find(&docs, "Deployment", service)["spec"].get("replicas").is_none(),
             "{service}: the autoscaler owns the replica count, the manifest must not reset it"
