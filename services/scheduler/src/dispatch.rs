@@ -402,31 +402,22 @@ impl Core {
     /// Picks the next jobs of `queue` to send within its caps, marks them out, and returns
     /// them with the attempt each carries.
     fn pick(&mut self, queue_name: &str, max: usize, now: DateTime<Utc>) -> Vec<(DueJob, i32)> {
-        let aggregate = queue_name == Queue::Scheduler.as_str();
         let mut picked = Vec::new();
         while picked.len() < max {
             let Some(queue) = self.queues.get(queue_name) else {
                 break;
             };
-            if !aggregate && (queue.in_flight >= self.limits.max_in_flight || queue.unstarted >= self.limits.prefetch) {
+            if !self.queue_has_room(queue_name, queue) {
                 break;
             }
             // The tenant with the fewest in flight that has room; among equals, the one whose
             // best job has the highest effective priority, then the oldest.
             let mut best: Option<(u32, f64, DateTime<Utc>, Uuid)> = None;
             for (tenant, levels) in &queue.ready {
-                let in_queue = queue.tenant_in_flight.get(tenant).copied().unwrap_or(0);
-                let in_all = self.tenant_in_flight.get(tenant).copied().unwrap_or(0);
-                if !aggregate {
-                    if self.limits.per_tenant > 0 && in_queue >= self.limits.per_tenant {
-                        continue;
-                    }
-                    if let Some(limit) = self.tenant_limits.get(tenant)
-                        && in_all >= *limit
-                    {
-                        continue;
-                    }
+                if !self.tenant_has_room(queue_name, queue, tenant) {
+                    continue;
                 }
+                let in_queue = queue.tenant_in_flight.get(tenant).copied().unwrap_or(0);
                 let Some((effective, run_at, id)) = levels
                     .iter()
                     .filter_map(|(level, jobs)| {
@@ -683,7 +674,7 @@ pub async fn run(
         if let Some(at) = rereads.iter().map(|(at, _)| *at).min() {
             wake_at = wake_at.min(at);
         }
-        if core.ready_count_hint() && publish_blocked_until.is_none() && has_room(&core) && !shutdown.is_cancelled() {
+        if publish_blocked_until.is_none() && core.has_room() && !shutdown.is_cancelled() {
             // Room and work left over from a full batch: go round again at once.
             continue;
         }
@@ -707,29 +698,33 @@ pub async fn run(
 }
 
 impl Core {
-    /// Whether some queue has due jobs waiting.
-    fn ready_count_hint(&self) -> bool {
-        self.queues.values().any(|q| !q.ready.is_empty())
+    /// Whether queue `name` may have one more job out (aggregates are not capped).
+    fn queue_has_room(&self, name: &str, queue: &QueueState) -> bool {
+        name == Queue::Scheduler.as_str()
+            || (queue.in_flight < self.limits.max_in_flight && queue.unstarted < self.limits.prefetch)
     }
-}
 
-/// Whether a queue with due jobs has room for one more (a tenant cap may still hold it back:
-/// then the next note or tick comes first).
-fn has_room(core: &Core) -> bool {
-    [Queue::Media, Queue::Inference, Queue::Scheduler].iter().any(|queue| {
-        let name = queue.as_str();
-        let Some(q) = core.queues.get(name) else { return false };
-        !q.ready.is_empty()
-            && (name == Queue::Scheduler.as_str()
-                || (q.in_flight < core.limits.max_in_flight && q.unstarted < core.limits.prefetch))
-            && q.ready.keys().any(|tenant| {
-                let in_queue = q.tenant_in_flight.get(tenant).copied().unwrap_or(0);
-                let in_all = core.tenant_in_flight.get(tenant).copied().unwrap_or(0);
-                name == Queue::Scheduler.as_str()
-                    || ((core.limits.per_tenant == 0 || in_queue < core.limits.per_tenant)
-                        && core.tenant_limits.get(tenant).is_none_or(|limit| in_all < *limit))
+    /// Whether `tenant` may have one more job of queue `name` out: its cap per queue and its
+    /// running-jobs quota.
+    fn tenant_has_room(&self, name: &str, queue: &QueueState, tenant: &str) -> bool {
+        if name == Queue::Scheduler.as_str() {
+            return true;
+        }
+        let in_queue = queue.tenant_in_flight.get(tenant).copied().unwrap_or(0);
+        let in_all = self.tenant_in_flight.get(tenant).copied().unwrap_or(0);
+        (self.limits.per_tenant == 0 || in_queue < self.limits.per_tenant)
+            && self.tenant_limits.get(tenant).is_none_or(|limit| in_all < *limit)
+    }
+
+    /// Whether a queue has a due job that its caps and its tenant's let out now.
+    fn has_room(&self) -> bool {
+        [Queue::Media, Queue::Inference, Queue::Scheduler].iter().any(|queue| {
+            let name = queue.as_str();
+            self.queues.get(name).is_some_and(|q| {
+                self.queue_has_room(name, q) && q.ready.keys().any(|tenant| self.tenant_has_room(name, q, tenant))
             })
-    })
+        })
+    }
 }
 
 fn take_note(core: &mut Core, note: Note, now: DateTime<Utc>, to_read: &mut Vec<Uuid>) {
